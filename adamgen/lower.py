@@ -1,0 +1,167 @@
+"""Lowering: an AdamSpec and a param dtype -> one IR function for the whole Keras Adam step.
+
+The function follows the order of one Keras `optimizer.apply` call exactly (see the semantics
+page, §2): loss-scale division, accumulation, clipping, weight decay, the Adam update, EMA and
+overwrite, counter increment. Every op is in the param dtype D unless noted; constants are made
+in D (a Python-double expression is rounded once, as Keras does, where Keras computes it in
+Python: 1 - beta). Nothing is folded here: constant expressions are left to the passes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adamgen.ir.builder import Builder
+from adamgen.ir.node import Function, Module, Node
+
+TENSOR_SLOTS = ("momentum", "velocity", "velocity_hat", "average", "accumulator")
+
+
+def slots_for(spec) -> tuple[str, ...]:
+    """The state slots this spec keeps, in the order tensors are passed to kernels."""
+    out = ["momentum", "velocity"]
+    if spec.amsgrad:
+        out.append("velocity_hat")
+    if spec.use_ema:
+        out.append("average")
+    if spec.accumulation_steps:
+        out.append("accumulator")
+    return tuple(out)
+
+
+def scalar_inputs_for(spec) -> tuple[str, ...]:
+    """Runtime scalar inputs (f32, except the i32 step) the caller must provide."""
+    out = ["step"]
+    if spec.lr_kind == "callable":
+        out.append("lr")
+    out += [k for k in ("beta_1", "beta_2", "epsilon") if callable(getattr(spec, k))]
+    return tuple(out)
+
+
+@dataclass
+class _Ctx:
+    b: Builder
+    d: str          # param dtype
+    step: Node      # raw counter k, i32
+    runtime: dict[str, Node]  # runtime f32 scalar inputs by name (callable hyper-parameters)
+
+    def c(self, value) -> Node:
+        return self.b.const(value, self.d)
+
+
+def lower(spec, dtype: str) -> Module:
+    b = Builder()
+    x = _Ctx(b, dtype, b.input("step", "i32"), {})
+    p = b.input("param", dtype, "N")
+    g = b.input("grad", dtype, "N")
+    slots = {name: b.input(name, dtype, "N") for name in slots_for(spec)}
+    hyper = {k: _hyper(x, spec, k) for k in ("beta_1", "beta_2", "epsilon")}
+    lr32 = _learning_rate(x, spec)
+
+    n_acc = spec.accumulation_steps
+    one_i = b.const(1, "i32")
+    k_eff = b.floordiv(x.step, b.const(n_acc, "i32")) if n_acc else x.step
+
+    # 2. loss-scale division: g * (1/s) (XLA's rewrite of a tensor / scalar division)
+    if spec.loss_scale_factor is not None:
+        g = b.mul(g, b.div(x.c(1), x.c(spec.loss_scale_factor)))
+    # 3. accumulation: the update sees the window mean (g + A) * (1/N)
+    outputs: dict[str, Node] = {}
+    is_update = None
+    if n_acc:
+        acc = slots["accumulator"]
+        is_update = b.eq(b.mod(b.add(x.step, one_i), b.const(n_acc, "i32")), b.const(0, "i32"))
+        outputs["accumulator"] = b.select(is_update, x.c(0), b.add(acc, g))
+        g = b.mul(b.add(g, acc), b.div(x.c(1), x.c(n_acc)))
+    # 4. clipping
+    g = _clip(x, spec, g)
+    # 5. decoupled weight decay on the pre-update param: p - (p * wd) * lr
+    lr = b.cast(lr32, dtype)
+    p1 = p
+    if spec.weight_decay is not None:
+        p1 = b.sub(p, b.mul(b.mul(p, x.c(spec.weight_decay)), lr))
+    # 6. the Adam update
+    t = b.cast(b.add(k_eff, one_i), dtype)
+    b1p = b.pow(hyper["beta_1"], t)
+    b2p = b.pow(hyper["beta_2"], t)
+    alpha = b.div(b.mul(lr, b.sqrt(b.sub(x.c(1), b2p))), b.sub(x.c(1), b1p))
+    m, v = slots["momentum"], slots["velocity"]
+    m1 = b.add(m, b.mul(b.sub(g, m), _one_minus(x, spec, "beta_1")))
+    v1 = b.add(v, b.mul(b.sub(b.mul(g, g), v), _one_minus(x, spec, "beta_2")))
+    v_used = v1
+    new = {"momentum": m1, "velocity": v1}
+    if spec.amsgrad:
+        v_used = b.maximum(slots["velocity_hat"], v1)
+        new["velocity_hat"] = v_used
+    new["param"] = b.sub(p1, b.div(b.mul(m1, alpha), b.add(b.sqrt(v_used), hyper["epsilon"])))
+    old = {"param": p, **slots}
+    for name, value in new.items():
+        outputs[name] = b.select(is_update, value, old[name]) if is_update is not None else value
+    # 7. EMA on every call, with the post-update param, and the overwrite blend
+    if spec.use_ema:
+        outputs["average"], outputs["param"] = _ema(x, spec, k_eff, slots["average"], outputs["param"])
+    # 9. the raw counter advances on every call
+    outputs["step"] = b.add(x.step, one_i)
+
+    order = ["param", *slots_for(spec), "step"]
+    fn = Function("adam_step", tuple(b.inputs), tuple((k, outputs[k]) for k in order),
+                  (("kind", "step"),))
+    return Module((fn,), (("dtype", dtype), ("spec", spec.name)))
+
+
+def _hyper(x: _Ctx, spec, key: str) -> Node:
+    value = getattr(spec, key)
+    if callable(value):
+        x.runtime[key] = x.b.input(key, "f32")
+        return x.b.cast(x.runtime[key], x.d)
+    return x.c(value)
+
+
+def _one_minus(x: _Ctx, spec, key: str) -> Node:
+    """1 - beta: Python double arithmetic rounded once to D; a runtime beta is done in f32."""
+    value = getattr(spec, key)
+    if callable(value):
+        return x.b.cast(x.b.sub(x.b.const(1, "f32"), x.runtime[key]), x.d)
+    return x.c(1.0 - float(value))
+
+
+def _learning_rate(x: _Ctx, spec) -> Node:
+    """The learning rate at the raw counter k, as float32."""
+    if spec.lr_kind == "float":
+        return x.b.const(spec.learning_rate, "f32")
+    if spec.lr_kind == "schedule":
+        return spec.learning_rate.emit(x.b, x.step)
+    return x.b.input("lr", "f32")
+
+
+def _clip(x: _Ctx, spec, g: Node) -> Node:
+    b = x.b
+    if spec.clip is None:
+        return g
+    kind, c = spec.clip
+    if kind == "clipvalue":
+        return b.minimum(b.maximum(g, x.c(-c)), x.c(c))
+    s = b.reduce_sum(b.mul(g, g))
+    if kind == "clipnorm":
+        # n = sqrt(S) if S > 0 else S;  g <- (g * c) * (1 / max(n, c))
+        n = b.select(b.lt(x.c(0), s), b.sqrt(s), s)
+        return b.mul(b.mul(g, x.c(c)), b.div(x.c(1), b.maximum(n, x.c(c))))
+    # global: N = sqrt(sum S);  scale = c * min(1/N, 1/c) + (N - N)
+    norm = b.sqrt(b.global_sum(s))
+    scale = b.add(b.mul(x.c(c), b.minimum(b.div(x.c(1), norm), b.div(x.c(1), x.c(c)))), b.sub(norm, norm))
+    return b.mul(g, scale)
+
+
+def _ema(x: _Ctx, spec, k_eff: Node, avg: Node, param: Node) -> tuple[Node, Node]:
+    b = x.b
+    mu = b.mul(b.cast(b.ne(k_eff, b.const(0, "i32")), x.d), x.c(spec.ema_momentum))
+    avg1 = b.add(b.mul(mu, avg), b.mul(b.sub(x.c(1), mu), param))
+    freq = spec.ema_overwrite
+    if freq is None:
+        return avg1, param
+    if freq == 0:
+        # Keras on JAX: (k+1) % 0 == 0, so the average overwrites the param on every call.
+        return avg1, b.add(b.mul(avg1, x.c(1)), b.mul(param, x.c(0)))
+    hit = b.eq(b.mod(b.add(k_eff, b.const(1, "i32")), b.const(freq, "i32")), b.const(0, "i32"))
+    c = b.cast(hit, x.d)
+    not_c = b.sub(x.c(1), c)  # exactly 0 or 1, as Keras' logical_not(hit) as int
+    return avg1, b.add(b.mul(avg1, c), b.mul(param, not_c))
