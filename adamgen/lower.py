@@ -45,7 +45,18 @@ class _Ctx:
     runtime: dict[str, Node]  # runtime f32 scalar inputs by name (callable hyper-parameters)
 
     def c(self, value) -> Node:
-        return self.b.const(value, self.d)
+        """A Python number as Keras makes it: float32 first, then the param dtype."""
+        return self.b.cast(self.b.const(value, "f32"), self.d)
+
+    def scale(self, x: Node, divisor: Node) -> Node:
+        """x / divisor (a scalar or per-tensor value), as XLA-CPU computes a tensor divided by a
+        scalar: x * (1/divisor); bfloat16 goes through float32 (reciprocal and product rounded
+        once). One-element tensors get a true division in Keras, so they can differ by an ulp."""
+        b = self.b
+        if self.d != "bf16":
+            return b.mul(x, b.div(self.c(1), divisor))
+        recip = b.div(b.const(1, "f32"), b.cast(divisor, "f32"))
+        return b.cast(b.mul(b.cast(x, "f32"), recip), self.d)
 
 
 def lower(spec, dtype: str) -> Module:
@@ -54,7 +65,9 @@ def lower(spec, dtype: str) -> Module:
     p = b.input("param", dtype, "N")
     g = b.input("grad", dtype, "N")
     slots = {name: b.input(name, dtype, "N") for name in slots_for(spec)}
-    hyper = {k: _hyper(x, spec, k) for k in ("beta_1", "beta_2", "epsilon")}
+    hyper = {k: _hyper(x, spec, k) for k in ("beta_1", "beta_2")}
+    if callable(spec.epsilon):
+        x.runtime["epsilon"] = b.input("epsilon", "f32")
     lr32 = _learning_rate(x, spec)
 
     n_acc = spec.accumulation_steps
@@ -63,7 +76,7 @@ def lower(spec, dtype: str) -> Module:
 
     # 2. loss-scale division: g * (1/s) (XLA's rewrite of a tensor / scalar division)
     if spec.loss_scale_factor is not None:
-        g = b.mul(g, b.div(x.c(1), x.c(spec.loss_scale_factor)))
+        g = x.scale(g, x.c(spec.loss_scale_factor))
     # 3. accumulation: the update sees the window mean (g + A) * (1/N)
     outputs: dict[str, Node] = {}
     is_update = None
@@ -71,7 +84,7 @@ def lower(spec, dtype: str) -> Module:
         acc = slots["accumulator"]
         is_update = b.eq(b.mod(b.add(x.step, one_i), b.const(n_acc, "i32")), b.const(0, "i32"))
         outputs["accumulator"] = b.select(is_update, x.c(0), b.add(acc, g))
-        g = b.mul(b.add(g, acc), b.div(x.c(1), x.c(n_acc)))
+        g = x.scale(b.add(g, acc), x.c(n_acc))
     # 4. clipping
     g = _clip(x, spec, g)
     # 5. decoupled weight decay on the pre-update param: p - (p * wd) * lr
@@ -85,14 +98,14 @@ def lower(spec, dtype: str) -> Module:
     b2p = b.pow(hyper["beta_2"], t)
     alpha = b.div(b.mul(lr, b.sqrt(b.sub(x.c(1), b2p))), b.sub(x.c(1), b1p))
     m, v = slots["momentum"], slots["velocity"]
-    m1 = b.add(m, b.mul(b.sub(g, m), _one_minus(x, spec, "beta_1")))
-    v1 = b.add(v, b.mul(b.sub(b.mul(g, g), v), _one_minus(x, spec, "beta_2")))
+    m1 = _moment(x, spec, "beta_1", m, g)
+    v1 = _moment(x, spec, "beta_2", v, b.mul(g, g))
     v_used = v1
     new = {"momentum": m1, "velocity": v1}
     if spec.amsgrad:
         v_used = b.maximum(slots["velocity_hat"], v1)
         new["velocity_hat"] = v_used
-    new["param"] = b.sub(p1, b.div(b.mul(m1, alpha), b.add(b.sqrt(v_used), hyper["epsilon"])))
+    new["param"] = _param_update(x, spec, p1, b.mul(m1, alpha), v_used)
     old = {"param": p, **slots}
     for name, value in new.items():
         outputs[name] = b.select(is_update, value, old[name]) if is_update is not None else value
@@ -116,12 +129,24 @@ def _hyper(x: _Ctx, spec, key: str) -> Node:
     return x.c(value)
 
 
-def _one_minus(x: _Ctx, spec, key: str) -> Node:
-    """1 - beta: Python double arithmetic rounded once to D; a runtime beta is done in f32."""
-    value = getattr(spec, key)
-    if callable(value):
-        return x.b.cast(x.b.sub(x.b.const(1, "f32"), x.runtime[key]), x.d)
-    return x.c(1.0 - float(value))
+def _moment(x: _Ctx, spec, key: str, prev: Node, target: Node) -> Node:
+    """prev + (target - prev) * (1 - beta); 1 - beta in Python double. A runtime (tensor) beta
+    makes a float32 coefficient, so the product and sum are float32, rounded once to D."""
+    b = x.b
+    diff = b.sub(target, prev)
+    if not callable(getattr(spec, key)):
+        return b.add(prev, b.mul(diff, x.c(1.0 - float(getattr(spec, key)))))
+    coef = b.sub(b.const(1, "f32"), x.runtime[key])
+    return b.cast(b.add(b.cast(prev, "f32"), b.mul(b.cast(diff, "f32"), coef)), x.d)
+
+
+def _param_update(x: _Ctx, spec, p: Node, step_num: Node, v_used: Node) -> Node:
+    """p - (m * alpha) / (sqrt(v) + eps); a runtime (tensor) epsilon promotes the tail to f32."""
+    b = x.b
+    if not callable(spec.epsilon):
+        return b.sub(p, b.div(step_num, b.add(b.sqrt(v_used), x.c(spec.epsilon))))
+    denom = b.add(b.cast(b.sqrt(v_used), "f32"), x.runtime["epsilon"])
+    return b.cast(b.sub(b.cast(p, "f32"), b.div(b.cast(step_num, "f32"), denom)), x.d)
 
 
 def _learning_rate(x: _Ctx, spec) -> Node:
@@ -144,10 +169,10 @@ def _clip(x: _Ctx, spec, g: Node) -> Node:
     if kind == "clipnorm":
         # n = sqrt(S) if S > 0 else S;  g <- (g * c) * (1 / max(n, c))
         n = b.select(b.lt(x.c(0), s), b.sqrt(s), s)
-        return b.mul(b.mul(g, x.c(c)), b.div(x.c(1), b.maximum(n, x.c(c))))
+        return x.scale(b.mul(g, x.c(c)), b.maximum(n, x.c(c)))
     # global: N = sqrt(sum S);  scale = c * min(1/N, 1/c) + (N - N)
     norm = b.sqrt(b.global_sum(s))
-    scale = b.add(b.mul(x.c(c), b.minimum(b.div(x.c(1), norm), b.div(x.c(1), x.c(c)))), b.sub(norm, norm))
+    scale = b.add(b.mul(x.c(c), b.minimum(b.div(x.c(1), norm), x.c(1.0 / c))), b.sub(norm, norm))
     return b.mul(g, scale)
 
 

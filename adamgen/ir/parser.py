@@ -98,7 +98,7 @@ def _parse_stmt(line: str, lineno: int, env: dict[str, Node]) -> None:
     op = BY_NAME[opname]
     ty = _type(dtype, shape)
     if op is Op.CONST:
-        env[result] = make_const(_parse_number(args, lineno), ty.dtype, ty.shape)
+        env[result] = make_const(_parse_number(args, ty.dtype, lineno), ty.dtype, ty.shape)
         return
     if op is Op.INPUT:
         raise ParseError(f"line {lineno}: inputs are declared as function parameters")
@@ -111,12 +111,14 @@ def _parse_stmt(line: str, lineno: int, env: dict[str, Node]) -> None:
     env[result] = Node(op, ty, tuple(env[n] for n in names))
 
 
-def _parse_number(text: str, lineno: int):
+def _parse_number(text: str, dtype: str, lineno: int):
     text = text.strip()
-    if text in ("true", "false"):
+    if dtype == "bool":
+        if text not in ("true", "false"):
+            raise ParseError(f"line {lineno}: bool constant must be true or false, got {text!r}")
         return text == "true"
     try:
-        return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
+        return int(text) if dtype == "i32" else float(text)
     except ValueError:
         raise ParseError(f"line {lineno}: bad constant {text!r}") from None
 

@@ -1,0 +1,50 @@
+"""adamgen: a compiler for the Keras 3 Adam step.
+
+    spec = adamgen.AdamSpec(amsgrad=True)
+    opt = adamgen.build(spec, target="jax")      # "numpy" (the oracle), "jax", "cpu", "cuda"
+    state = opt.init(params)
+    params, state = opt.apply(grads, state, params)
+"""
+from __future__ import annotations
+
+from adamgen.spec import AdamSpec
+from adamgen.state import AdamState
+from adamgen import schedules
+
+__version__ = "0.1.0"
+TARGETS = ("numpy", "jax", "cpu", "cuda")
+
+
+def _as_spec(spec) -> AdamSpec:
+    if isinstance(spec, AdamSpec):
+        return spec
+    if isinstance(spec, dict):
+        return AdamSpec.from_keras_config(spec)
+    raise TypeError(f"spec must be an AdamSpec or a Keras get_config() dict, got {type(spec).__name__}")
+
+
+def build(spec, target: str = "jax", *, verify: bool = False):
+    """Compile `spec` for `target` and return an `adamgen.runtime.Optimizer`."""
+    from adamgen.runtime import Optimizer
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    spec = _as_spec(spec)
+    if target == "numpy":
+        from adamgen.backends.numpy import OracleExecutor
+        return Optimizer(spec, target, OracleExecutor(spec), donates=False)
+    from adamgen.compiler import kernels_for
+    if target == "jax":
+        from adamgen.backends.jax import JaxExecutor
+        return Optimizer(spec, target, JaxExecutor(spec, kernels_for(spec, verify)), donates=True)
+    from adamgen.backends.native import NativeExecutor
+    return Optimizer(spec, target, NativeExecutor(spec, kernels_for(spec, verify), target), donates=True)
+
+
+def load(path):
+    """Load an artifact written by `adamgen build` (runs without re-running the compiler)."""
+    from adamgen.aot import load_artifact
+    return load_artifact(path)
+
+
+__all__ = ["AdamSpec", "AdamState", "build", "load", "schedules", "TARGETS"]

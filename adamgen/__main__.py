@@ -1,0 +1,3 @@
+from adamgen.cli import main
+
+raise SystemExit(main())

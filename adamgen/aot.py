@@ -1,0 +1,168 @@
+"""Ahead-of-time artifacts: a self-describing directory per built spec and target.
+
+    manifest.json          spec, its hash, versions, target, dtypes, every file with its sha256
+    spec.json              AdamSpec.to_json()
+    ir.<dtype>.txt         the optimized IR
+    kernels.<dtype>.txt    the fused kernels (what `load` runs; the pipeline is not re-run)
+    jax.<dtype>.txt        the emitted JAX computation (jaxpr)            [target jax]
+    step.<dtype>.jaxexport jax.export of the step on one flat buffer of symbolic size n
+    __init__.py            `from <package> import optimizer`
+The directory is written under a temporary name and renamed into place, so a failed or
+concurrent build never leaves a torn artifact.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from adamgen.compiler import compile_spec
+from adamgen.dtypes import numpy_dtype
+from adamgen.ir.node import Module
+from adamgen.ir.parser import parse_module
+from adamgen.ir.printer import print_module
+from adamgen.lower import scalar_inputs_for, slots_for
+
+FORMAT = 1
+INIT_PY = '''"""adamgen artifact {name}: `from {pkg} import optimizer` loads it."""
+from pathlib import Path as _Path
+
+import adamgen as _adamgen
+
+optimizer = _adamgen.load(_Path(__file__).parent)
+'''
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def flat_step_fn(spec, module: Module) -> Callable:
+    """The step on one flat buffer per slot (T = 1), as a function of named arrays."""
+    from adamgen.backends.jax import run_module
+
+    slots = slots_for(spec)
+    scalars = [k for k in scalar_inputs_for(spec) if k != "step"]
+
+    def step(param, grad, slot_values, step, runtime):
+        inputs = {"param": [param], "grad": [grad.astype(param.dtype)], "step": step, **runtime}
+        inputs.update({k: [v] for k, v in zip(slots, slot_values)})
+        out = run_module(module, inputs, 1)
+        return out["param"][0], tuple(out[k][0] for k in slots), out["step"]
+
+    step.scalars = scalars  # type: ignore[attr-defined]
+    return step
+
+
+def export_flat_step(spec, module: Module, dtype: str) -> bytes:
+    fn = flat_step_fn(spec, module)
+    (n,) = jax.export.symbolic_shape("n")
+    vec = jax.ShapeDtypeStruct((n,), numpy_dtype(dtype))
+    slot_specs = tuple(vec for _ in slots_for(spec))
+    runtime = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in fn.scalars}
+    exp = jax.export.export(jax.jit(fn, donate_argnums=(0, 2)))(
+        vec, vec, slot_specs, jax.ShapeDtypeStruct((), jnp.int32), runtime)
+    return bytes(exp.serialize())
+
+
+def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = ("f32",),
+                   extra_files: Callable[[str, Module], dict[str, bytes]] | None = None,
+                   extra_manifest: dict | None = None) -> Path:
+    """Compile `spec` for each dtype and write the artifact directory atomically."""
+    import adamgen
+    from adamgen.backends.jax import emit_jaxpr
+
+    out_dir = Path(out_dir)
+    files: dict[str, bytes] = {"spec.json": spec.to_json().encode()}
+    for dtype in dtypes:
+        compiled = compile_spec(spec, dtype)
+        files[f"ir.{dtype}.txt"] = print_module(compiled.ir_opt).encode()
+        files[f"kernels.{dtype}.txt"] = print_module(compiled.kernels).encode()
+        if target == "jax":
+            files[f"jax.{dtype}.txt"] = emit_jaxpr(compiled.kernels).encode()
+            files[f"step.{dtype}.jaxexport"] = export_flat_step(spec, compiled.kernels, dtype)
+        if extra_files is not None:
+            files.update(extra_files(dtype, compiled.kernels))
+    pkg = out_dir.name
+    files["__init__.py"] = INIT_PY.format(name=pkg, pkg=pkg).encode()
+    manifest = {
+        "format": FORMAT,
+        "name": spec.name,
+        "target": target,
+        "dtypes": list(dtypes),
+        "spec": json.loads(spec.to_json()),
+        "spec_hash": spec.content_hash(),
+        "versions": {"adamgen": adamgen.__version__, "jax": jax.__version__},
+        **(extra_manifest or {}),
+        "files": {k: _sha256(v) for k, v in sorted(files.items())},
+    }
+    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    _write_atomically(out_dir, files)
+    return out_dir
+
+
+def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.rename(out_dir, old / "a")
+        os.rename(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_manifest(path: Path) -> dict:
+    path = Path(path)
+    manifest_file = path / "manifest.json"
+    if not manifest_file.is_file():
+        raise FileNotFoundError(f"{path} is not an adamgen artifact: no manifest.json")
+    manifest = json.loads(manifest_file.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: artifact format {manifest.get('format')!r}, this adamgen reads {FORMAT}")
+    for name, digest in manifest["files"].items():
+        data = (path / name).read_bytes()
+        if _sha256(data) != digest:
+            raise ValueError(f"{path}/{name}: content does not match the manifest hash; rebuild the artifact")
+    return manifest
+
+
+def load_artifact(path):
+    """An Optimizer from an artifact: runs its fused kernels; never re-runs lowering or passes."""
+    from adamgen.runtime import Optimizer
+    from adamgen.spec import AdamSpec
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    spec = AdamSpec.from_json((path / "spec.json").read_text())
+    modules = {d: parse_module((path / f"kernels.{d}.txt").read_text()) for d in manifest["dtypes"]}
+
+    def module_for(dtype: str) -> Module:
+        if dtype not in modules:
+            raise ValueError(f"artifact {path.name} was built for dtypes {sorted(modules)}, not {dtype}; "
+                             f"rebuild with --dtype {dtype}")
+        return modules[dtype]
+
+    target = manifest["target"]
+    if target == "jax":
+        from adamgen.backends.jax import JaxExecutor
+        executor = JaxExecutor(spec, module_for)
+        exports = {d: path / f"step.{d}.jaxexport" for d in manifest["dtypes"]}
+        executor.exported = {d: jax.export.deserialize(bytearray(p.read_bytes())) for d, p in exports.items()}
+        return Optimizer(spec, target, executor, donates=True)
+    from adamgen.backends.native import load_native_executor
+    return Optimizer(spec, target, load_native_executor(spec, module_for, path, manifest), donates=True)

@@ -1,0 +1,203 @@
+"""JAX target: the fused IR lowered to a JAX computation, one rule per op.
+
+Runtime values mirror the NumPy interpreter: a scalar is a 0-d array, a per-tensor value a [T]
+array, an elementwise value a list of T arrays (one per tensor, any shapes). Each op rounds to
+its dtype as jnp does. Under jit XLA fuses each tensor's elementwise chain into one loop.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adamgen.dtypes import numpy_dtype
+from adamgen.ir.node import Function, Module, Node, function_nodes
+from adamgen.ir.ops import Op
+
+Value = Any
+
+
+def _unary(fn: Callable) -> Callable:
+    return lambda node, a: fn(a)
+
+
+def _binary(fn: Callable) -> Callable:
+    return lambda node, a, b: fn(a, b)
+
+
+def _cast(node: Node, a):
+    return jnp.asarray(a).astype(numpy_dtype(node.dtype))
+
+
+def _reduce_sum(node: Node, a):
+    # jnp.sum of f16/bf16 accumulates in float32 and rounds once, as Keras' ops.sum does.
+    return jnp.sum(a).astype(numpy_dtype(node.dtype))
+
+
+def _mod(node: Node, a, b):
+    # Python-style modulo; x % 0 is 0 (the IR's definition, as NumPy gives).
+    return jnp.where(b == 0, jnp.zeros_like(a), jnp.remainder(a, jnp.where(b == 0, 1, b)))
+
+
+def _floordiv(node: Node, a, b):
+    return jnp.where(b == 0, jnp.zeros_like(a), jnp.floor_divide(a, jnp.where(b == 0, 1, b)))
+
+
+JAX_LOWERING: dict[Op, Callable | None] = {
+    Op.CAST: _cast,
+    Op.NEG: _unary(jnp.negative),
+    Op.SQRT: _unary(jnp.sqrt),
+    Op.FLOOR: _unary(jnp.floor),
+    Op.CEIL: _unary(jnp.ceil),
+    Op.COS: _unary(jnp.cos),
+    Op.LOG: _unary(jnp.log),
+    Op.ADD: _binary(jnp.add),
+    Op.SUB: _binary(jnp.subtract),
+    Op.MUL: _binary(jnp.multiply),
+    Op.DIV: _binary(jnp.divide),
+    Op.POW: _binary(jnp.power),
+    Op.MAX: _binary(jnp.maximum),
+    Op.MIN: _binary(jnp.minimum),
+    Op.MOD: _mod,
+    Op.FLOORDIV: _floordiv,
+    Op.LT: _binary(jnp.less),
+    Op.LE: _binary(jnp.less_equal),
+    Op.EQ: _binary(jnp.equal),
+    Op.NE: _binary(jnp.not_equal),
+    Op.SELECT: lambda node, c, a, b: jnp.where(c, a, b),
+    Op.REDUCE_SUM: _reduce_sum,
+    Op.GLOBAL_SUM: None,  # sequential over the [T] vector; see _eval
+    Op.INPUT: None,       # bound from the caller
+    Op.CONST: None,       # its attribute, as a typed constant
+}
+
+
+def _index(value: Value, shape: str, i: int) -> Value:
+    return value[i] if shape in ("T", "N") else value
+
+
+def _eval(node: Node, args: list[Value], n_tensors: int) -> Value:
+    if node.op is Op.CONST:
+        return jnp.asarray(node.attr("value"), dtype=numpy_dtype(node.dtype))
+    if node.op is Op.GLOBAL_SUM:
+        total = args[0][0] if n_tensors else jnp.zeros((), numpy_dtype(node.dtype))
+        for i in range(1, n_tensors):
+            total = total + args[0][i]
+        return total
+    rule = JAX_LOWERING[node.op]
+    if node.op is Op.REDUCE_SUM:
+        return jnp.stack([rule(node, a) for a in args[0]]) if n_tensors else jnp.zeros((0,), numpy_dtype(node.dtype))
+    shapes = [o.shape for o in node.operands]
+    if node.shape == "N":
+        return [rule(node, *[_index(a, s, i) for a, s in zip(args, shapes)]) for i in range(n_tensors)]
+    return rule(node, *args)
+
+
+def run_function(fn: Function, inputs: dict[str, Value], n_tensors: int) -> dict[str, Value]:
+    env: dict[int, Value] = {}
+    by_name = {n.attr("name"): inputs[n.attr("name")] for n in fn.inputs}
+    for node in function_nodes(fn):
+        if node.op is Op.INPUT:
+            continue
+        args = [by_name[o.attr("name")] if o.op is Op.INPUT else env[id(o)] for o in node.operands]
+        env[id(node)] = _eval(node, args, n_tensors)
+    return {k: (by_name[v.attr("name")] if v.op is Op.INPUT else env[id(v)]) for k, v in fn.outputs}
+
+
+def run_module(module: Module, inputs: dict[str, Value], n_tensors: int) -> dict[str, Value]:
+    env = dict(inputs)
+    results: dict[str, Value] = {}
+    for fn in module.functions:
+        missing = [n.attr("name") for n in fn.inputs if n.attr("name") not in env]
+        if missing:
+            raise ValueError(f"@{fn.name}: missing inputs {missing}")
+        out = run_function(fn, env, n_tensors)
+        env.update(out)
+        results.update(out)
+    return results
+
+
+def emit_jaxpr(module: Module, n: int = 8) -> str:
+    """The JAX computation of a module for one tensor of `n` elements, as jaxpr text."""
+    dtype = numpy_dtype(dict(module.attrs)["dtype"])
+    names = sorted({i.attr("name"): i for f in module.functions for i in f.inputs
+                    if not i.attr("name").startswith("x")}.items())
+
+    def step(**kw):
+        inputs = {k: ([v] if node.shape == "N" else v) for (k, node), v in zip(names, kw.values())}
+        out = run_module(module, inputs, 1)
+        return {k: (v[0] if isinstance(v, list) else v) for k, v in out.items() if not k.startswith("x")}
+
+    args = {k: (jnp.zeros((n,), dtype) if node.shape == "N" else jnp.zeros((), numpy_dtype(node.dtype)))
+            for k, node in names}
+    return str(jax.make_jaxpr(lambda *a: step(**dict(zip(args, a))))(*args.values()))
+
+
+
+class JaxExecutor:
+    """Runs the fused modules (one per param dtype) under one jax.jit that donates params and slots."""
+
+    def __init__(self, spec, module_for: Callable[[str], Module]) -> None:
+        self.spec = spec
+        self._module_for = module_for
+        self._modules: dict[str, Module] = {}
+        self._jitted = jax.jit(self._step, donate_argnums=(0, 2))
+        self.exported: dict[str, Any] = {}   # dtype -> jax.export.Exported flat step (artifacts)
+        self._exported_calls: dict[str, Callable] = {}
+
+    def module(self, dtype: str) -> Module:
+        if dtype not in self._modules:
+            self._modules[dtype] = self._module_for(dtype)
+        return self._modules[dtype]
+
+    def step(self, params: list, grads: list, slots: dict[str, list], step, runtime: dict):
+        groups = _group_by_dtype(params)
+        if len(groups) > 1 and self.spec.clip and self.spec.clip[0] == "global_clipnorm":
+            raise NotImplementedError(
+                f"global_clipnorm over params of several dtypes {sorted(groups)} is not supported; "
+                "use one param dtype")
+        flat_dtype = next(iter(groups)) if len(params) == 1 and jnp.ndim(params[0]) == 1 else None
+        if flat_dtype in self.exported:
+            return self._run_exported(flat_dtype, params, grads, slots, step, runtime)
+        for dtype in groups:
+            self.module(dtype)
+        return self._jitted(params, grads, slots, step, runtime)
+
+    def _run_exported(self, dtype, params, grads, slots, step, runtime):
+        """The flat fast path of an artifact: its jax.export'ed step, no tracing of the IR."""
+        if dtype not in self._exported_calls:
+            self._exported_calls[dtype] = jax.jit(self.exported[dtype].call, donate_argnums=(0, 2))
+        names = list(slots)
+        p, new_slots, new_step = self._exported_calls[dtype](
+            params[0], grads[0], tuple(slots[k][0] for k in names), step, runtime)
+        return [p], {k: [v] for k, v in zip(names, new_slots)}, new_step
+
+    def _step(self, params, grads, slots, step, runtime):
+        new_params = list(params)
+        new_slots = {k: list(v) for k, v in slots.items()}
+        new_step = step + 1
+        for dtype, idx in _group_by_dtype(params).items():
+            np_dtype = numpy_dtype(dtype)
+            inputs = {"step": step, **runtime,
+                      "param": [params[i] for i in idx],
+                      "grad": [jnp.asarray(grads[i]).astype(np_dtype) for i in idx]}
+            inputs.update({k: [v[i] for i in idx] for k, v in slots.items()})
+            if self.spec.lr_kind == "callable" and getattr(self.spec, "lr_callable_arity", 0) == 1:
+                inputs["lr"] = jnp.asarray(self.spec.learning_rate(step), jnp.float32)
+            out = run_module(self._modules[dtype], inputs, len(idx))
+            new_step = out["step"]
+            for j, i in enumerate(idx):
+                new_params[i] = out["param"][j]
+                for k in new_slots:
+                    new_slots[k][i] = out[k][j]
+        return new_params, new_slots, new_step
+
+
+def _group_by_dtype(leaves: list) -> dict[str, list[int]]:
+    from adamgen.dtypes import ir_dtype
+    groups: dict[str, list[int]] = {}
+    for i, leaf in enumerate(leaves):
+        groups.setdefault(ir_dtype(leaf.dtype), []).append(i)
+    return groups

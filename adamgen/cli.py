@@ -1,0 +1,161 @@
+"""The `adamgen` command: argument parsing only; the work is in compiler.py and aot.py.
+
+    adamgen build --amsgrad --weight-decay 0.01 --global-clipnorm 1.0 --target jax
+    adamgen build --emit ir-opt --use-ema
+"""
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import sys
+from pathlib import Path
+
+from adamgen.dtypes import PARAM_DTYPES
+
+TARGETS = ("jax", "cpu", "cuda")
+
+
+class Stage(enum.IntEnum):
+    """The --emit ladder, in pipeline order."""
+
+    SPEC = 0
+    IR = 1
+    IR_OPT = 2
+    KERNELS = 3
+    SOURCE = 4   # jax: jaxpr; cpu: C++; cuda: CUDA C++
+
+
+EMIT_NAMES = {"spec": Stage.SPEC, "ir": Stage.IR, "ir-opt": Stage.IR_OPT, "kernels": Stage.KERNELS,
+              "jax": Stage.SOURCE, "cpp": Stage.SOURCE, "cuda": Stage.SOURCE}
+EMIT_TARGET = {"jax": "jax", "cpp": "cpu", "cuda": "cuda"}
+
+
+def _optional_float(text: str) -> float:
+    return float(text)
+
+
+def _schedule(text: str):
+    """A schedule as JSON (a Keras-serialized dict) or NAME:key=value,key=value."""
+    from adamgen.schedules import schedule_from_config
+
+    text = text.strip()
+    if text.startswith("{"):
+        return schedule_from_config(json.loads(text))
+    name, _, args = text.partition(":")
+    config = {}
+    for item in filter(None, (a.strip() for a in args.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(f"--schedule argument {item!r} must be key=value")
+        config[key.strip()] = json.loads(value) if value.strip() not in ("True", "False") else value == "True"
+    return schedule_from_config({"class_name": name.strip(), "config": config})
+
+
+SPEC_FLAGS = [
+    # (flag, dest, type, help)
+    ("--learning-rate", "learning_rate", float, "constant learning rate (default 0.001)"),
+    ("--beta-1", "beta_1", float, "beta_1 (default 0.9)"),
+    ("--beta-2", "beta_2", float, "beta_2 (default 0.999)"),
+    ("--epsilon", "epsilon", float, "epsilon, added after the sqrt (default 1e-7)"),
+    ("--weight-decay", "weight_decay", float, "decoupled weight decay, scaled by the learning rate"),
+    ("--clipnorm", "clipnorm", float, "clip each gradient tensor to this L2 norm"),
+    ("--clipvalue", "clipvalue", float, "clip each gradient element to [-v, v]"),
+    ("--global-clipnorm", "global_clipnorm", float, "clip all gradients by their global L2 norm"),
+    ("--ema-momentum", "ema_momentum", float, "EMA momentum (default 0.99; with --use-ema)"),
+    ("--ema-overwrite-frequency", "ema_overwrite_frequency", int, "overwrite params with the EMA every N steps"),
+    ("--loss-scale-factor", "loss_scale_factor", float, "divide gradients by this first"),
+    ("--gradient-accumulation-steps", "gradient_accumulation_steps", int, "update every N calls with the mean gradient"),
+    ("--name", "name", str, "optimizer name (default adam; also the artifact name)"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adamgen", description="Compile a Keras-style Adam step into fused kernels.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="compile a spec into an artifact directory (or print one stage)")
+    for flag, dest, typ, help_ in SPEC_FLAGS:
+        b.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+    b.add_argument("--amsgrad", action="store_true", default=None, help="use the AMSGrad variant")
+    b.add_argument("--use-ema", action="store_true", default=None, help="keep an EMA of the params")
+    b.add_argument("--schedule", type=_schedule, default=None,
+                   help="learning-rate schedule: a Keras-serialized JSON dict, or NAME:key=value,... "
+                        "e.g. CosineDecay:initial_learning_rate=0.01,decay_steps=1000")
+    b.add_argument("--from-keras-config", type=Path, default=None, metavar="FILE",
+                   help="read the spec from a Keras get_config() / serialize() JSON file; other spec flags override it")
+    b.add_argument("--target", choices=TARGETS, default="jax", help="what to compile for (default jax)")
+    b.add_argument("--dtype", action="append", choices=PARAM_DTYPES, default=None,
+                   help="param dtype to build for; repeat for several (default f32)")
+    b.add_argument("-o", "--output", type=Path, default=None, help="artifact directory (default generated/<name>)")
+    b.add_argument("--emit", choices=sorted(EMIT_NAMES), default=None,
+                   help="print this stage to stdout instead of writing an artifact: spec, ir, ir-opt, kernels, "
+                        "jax (jaxpr), cpp (host C++), cuda (CUDA C++)")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace):
+    from adamgen.spec import AdamSpec
+
+    kwargs = {}
+    if args.from_keras_config is not None:
+        base = AdamSpec.from_keras_config(json.loads(args.from_keras_config.read_text()))
+        kwargs = dict(base.kwargs())
+    for _, dest, _, _ in SPEC_FLAGS:
+        if getattr(args, dest) is not None:
+            kwargs[dest] = getattr(args, dest)
+    for dest in ("amsgrad", "use_ema"):
+        if getattr(args, dest):
+            kwargs[dest] = True
+    if args.schedule is not None:
+        if args.learning_rate is not None:
+            raise SystemExit("adamgen: error: --schedule and --learning-rate are exclusive")
+        kwargs["learning_rate"] = args.schedule
+    return AdamSpec(**kwargs)
+
+
+def emit(stage_name: str, spec, target: str, dtype: str) -> str:
+    from adamgen.compiler import compile_spec
+    from adamgen.ir.printer import print_module
+
+    stage = EMIT_NAMES[stage_name]
+    if stage is Stage.SPEC:
+        return json.dumps(spec.get_config(), indent=2) + "\n"
+    compiled = compile_spec(spec, dtype, verify=True)
+    if stage is Stage.IR:
+        return print_module(compiled.ir)
+    if stage is Stage.IR_OPT:
+        return print_module(compiled.ir_opt)
+    if stage is Stage.KERNELS:
+        return print_module(compiled.kernels)
+    if EMIT_TARGET[stage_name] == "jax":
+        from adamgen.backends.jax import emit_jaxpr
+        return emit_jaxpr(compiled.kernels) + "\n"
+    from adamgen.backends.native import render_source
+    return render_source(spec, compiled.kernels, EMIT_TARGET[stage_name])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        spec = spec_from_args(args)
+    except (ValueError, TypeError) as exc:
+        print(f"adamgen: error: {exc}", file=sys.stderr)
+        return 2
+    dtypes = tuple(dict.fromkeys(args.dtype or ["f32"]))
+    if args.emit is not None:
+        sys.stdout.write(emit(args.emit, spec, args.target, dtypes[0]))
+        return 0
+    from adamgen.aot import write_artifact
+    suffix = "" if args.target == "jax" else f"_{args.target}"
+    out = args.output or Path("generated") / f"{spec.name}{suffix}"
+    if args.target == "jax":
+        write_artifact(spec, "jax", out, dtypes)
+    else:
+        from adamgen.backends.native import write_native_artifact
+        write_native_artifact(spec, args.target, out, dtypes)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

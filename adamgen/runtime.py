@@ -1,0 +1,127 @@
+"""The user-facing optimizer: init / apply / finalize over pytrees, for every target.
+
+A target supplies an executor that runs one step on flat lists grouped by param dtype; this
+module does the pytree bookkeeping, evaluates host-side callables, and builds AdamState.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adamgen.dtypes import ir_dtype
+from adamgen.lower import scalar_inputs_for, slots_for
+from adamgen.state import AdamState
+
+SLOT_TO_FIELD = {
+    "momentum": "momentums",
+    "velocity": "velocities",
+    "velocity_hat": "velocity_hats",
+    "average": "averages",
+    "accumulator": "accumulators",
+}
+
+
+class Executor(Protocol):
+    """Runs one Keras Adam step over flat lists (the target-specific part)."""
+
+    def step(self, params: list, grads: list, slots: dict[str, list], step: Any,
+             runtime: dict[str, Any]) -> tuple[list, dict[str, list], Any]: ...
+
+
+def runtime_scalars(spec, step: int | None) -> dict[str, np.float32]:
+    """Host-side values of callable hyper-parameters for this call (Keras calls them each use)."""
+    out: dict[str, np.float32] = {}
+    for key in scalar_inputs_for(spec):
+        if key == "step":
+            continue
+        fn = getattr(spec, "learning_rate" if key == "lr" else key)
+        if key == "lr" and spec.lr_callable_arity == 1:
+            continue  # traced with the step inside the computation
+        out[key] = np.float32(fn())
+    return out
+
+
+class Optimizer:
+    """One compiled Adam optimizer.
+
+    `apply(grads, state, params)` is exactly one Keras `optimizer.apply(grads, vars)`. On the JAX
+    and native targets it DONATES `params` and the slot arrays of `state`: the arrays passed in
+    are updated in place and must not be used afterwards; use the returned ones.
+    """
+
+    def __init__(self, spec, target: str, executor: Executor, *, donates: bool) -> None:
+        self.spec = spec
+        self.target = target
+        self._executor = executor
+        self.donates = donates
+        self.slots = slots_for(spec)
+
+    # -- state -----------------------------------------------------------------
+    def init(self, params) -> AdamState:
+        leaves = jax.tree_util.tree_leaves(params)
+        for leaf in leaves:
+            self.spec.check_param_dtype(ir_dtype(leaf.dtype))
+        zeros = lambda: jax.tree_util.tree_map(self._zeros_like, params)  # noqa: E731
+        fields = {SLOT_TO_FIELD[s]: zeros() for s in self.slots}
+        return AdamState(iterations=self._counter(0), **fields)
+
+    def _zeros_like(self, x):
+        return np.zeros(np.shape(x), x.dtype) if self.target == "numpy" else jnp.zeros(jnp.shape(x), x.dtype)
+
+    def _counter(self, k):
+        return np.int32(k) if self.target == "numpy" else jnp.asarray(k, jnp.int32)
+
+    # -- the step --------------------------------------------------------------
+    def apply(self, grads, state: AdamState, params):
+        """One optimizer step. Returns (new params, new state). May donate its inputs (see class doc)."""
+        p_leaves, treedef = jax.tree_util.tree_flatten(params)
+        if not p_leaves:
+            return params, state
+        g_leaves = self._grad_leaves(grads, treedef)
+        slot_leaves = {s: treedef.flatten_up_to(getattr(state, SLOT_TO_FIELD[s])) for s in self.slots}
+        needs = getattr(self._executor, "needs_runtime_scalars", True)
+        runtime = runtime_scalars(self.spec, None) if needs else {}
+        new_p, new_slots, new_step = self._executor.step(p_leaves, g_leaves, slot_leaves, state.iterations, runtime)
+        unflat = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)  # noqa: E731
+        fields = {SLOT_TO_FIELD[s]: unflat(new_slots[s]) for s in self.slots}
+        return unflat(new_p), AdamState(iterations=new_step, **fields)
+
+    def _grad_leaves(self, grads, treedef) -> list:
+        leaves, gdef = jax.tree_util.tree_flatten(grads, is_leaf=lambda x: x is None)
+        if gdef.num_leaves != treedef.num_leaves:
+            raise ValueError(f"grads do not match params: {gdef} vs {treedef}")
+        if any(g is None for g in leaves) and self.target != "numpy":
+            raise ValueError("a gradient is None; compiled targets need every gradient "
+                             "(target='numpy' implements Keras' skip-the-variable rule)")
+        return leaves
+
+    def finalize(self, state: AdamState, params):
+        """Keras' finalize_variable_values: with use_ema, params become the averages."""
+        if not self.spec.use_ema:
+            return params
+        return jax.tree_util.tree_map(lambda a: a, state.averages)
+
+    def learning_rate(self, state: AdamState):
+        """The learning rate the next apply will use (Keras' optimizer.learning_rate)."""
+        k = int(state.iterations)
+        lr = self.spec.learning_rate
+        if self.spec.lr_kind == "float":
+            return np.float32(lr)
+        if self.spec.lr_kind == "schedule":
+            return lr(k)
+        return np.float32(lr(k) if self.spec.lr_callable_arity == 1 else lr())
+
+    def as_optax(self):
+        from adamgen.optax_adapter import as_optax
+        return as_optax(self)
+
+    def __repr__(self) -> str:
+        return f"adamgen.Optimizer(target={self.target!r}, spec={self.spec!r})"
+
+
+def arity(fn: Callable) -> int:
+    return len(inspect.signature(fn).parameters)
