@@ -1,0 +1,379 @@
+"""The NumPy oracle: one Keras 3 `Adam.apply(grads, vars)` call (JAX backend, eager), redone in NumPy.
+
+Written from shared/docs/keras-adam-semantics.md, independent of JAX and of adamgen's IR. It is
+the truth every compiled target is tested against, and tests/test_oracle_keras.py checks it
+against real Keras bit for bit.
+
+Numerics (semantics page §10), the rules that make bit-exactness possible:
+  * every op is rounded to the variable dtype (float32, float16 or bfloat16; NumPy/ml_dtypes
+    round each +, -, *, /, sqrt correctly); no FMA;
+  * Python-float hyper-parameters become weakly typed float32 values, then the variable dtype;
+  * `x / s` by a scalar: one-element tensors get a true division; longer ones get x * (1/s),
+    the reciprocal rounded to the dtype (float32, float16), or for bfloat16 a float32
+    reciprocal and product rounded once (XLA-CPU computes bfloat16 in float32);
+  * sums of squares accumulate in float32 in XLA-CPU's order (`_xla_cpu_sum`) and round once.
+
+Gradients are cast to their parameter's dtype on entry (Keras casts later, inside
+`update_step`; the two agree when gradients already have the parameter dtype).
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Callable
+
+import ml_dtypes
+import numpy as np
+
+_F32 = np.dtype(np.float32)
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_XLA_REDUCE_WINDOW = 32  # XLA-CPU TreeReductionRewriter window
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleState:
+    """Same fields as adamgen.state.AdamState, as plain lists of NumPy arrays."""
+
+    iterations: np.int32
+    momentums: list
+    velocities: list
+    velocity_hats: list | None = None
+    averages: list | None = None
+    accumulators: list | None = None
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+def _const(value: Any, dtype: np.dtype) -> np.ndarray:
+    """A hyper-parameter as a 0-d value of `dtype`, via float32 (Keras' convert_to_tensor)."""
+    return np.asarray(np.float32(value)).astype(dtype)
+
+
+def _div_scalar(x: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """x / d for a 0-d (or all-ones-shaped) divisor d of x's dtype, as XLA-CPU computes it."""
+    dt = x.dtype
+    with np.errstate(all="ignore"):
+        if x.size == 1:
+            return (x / d).astype(dt)
+        if dt == _BF16:
+            recip = np.float32(1) / d.astype(_F32)
+            return (x.astype(_F32) * recip).astype(dt)
+        return (x * (np.asarray(1, dt) / d).astype(dt)).astype(dt)
+
+
+def _sequential_sum(x: np.ndarray) -> np.float32:
+    acc = np.float32(0)
+    for v in x.reshape(-1):
+        acc = np.float32(acc + v)
+    return acc
+
+
+def _lane_sum(x: np.ndarray, lanes: int) -> np.float32:
+    """2-D with 2/4/8k rows: `lanes` accumulators, row i into lane i % lanes, then halving."""
+    acc = np.zeros(lanes, _F32)
+    for start in range(0, x.shape[0], lanes):
+        for j in range(x.shape[1]):
+            acc = acc + x[start:start + lanes, j]
+    while acc.size > 1:
+        half = acc.size // 2
+        acc = acc[:half] + acc[half:]
+    return acc[0]
+
+
+def _small_sum(x: np.ndarray) -> np.float32:
+    """Full reduction of a tensor whose dims are all <= 32 (empirical XLA-CPU order)."""
+    rows = x.shape[0] if x.ndim == 2 else 0
+    if rows in (2, 4):
+        return _lane_sum(x, rows)
+    if rows and rows % 8 == 0:
+        return _lane_sum(x, 8)
+    return _sequential_sum(x)
+
+
+def _window_sums(x: np.ndarray) -> np.ndarray:
+    """One TreeReductionRewriter round: reduce_window of min(d, 32) per dim, SAME zero padding."""
+    pads, split, windows = [], [], []
+    for d in x.shape:
+        w = min(d, _XLA_REDUCE_WINDOW)
+        out = -(-d // w)
+        p = out * w - d
+        pads.append((p // 2, p - p // 2))
+        split += [out, w]
+        windows.append(w)
+    nd = x.ndim
+    xp = np.pad(x, pads).reshape(split)
+    xp = xp.transpose([2 * i for i in range(nd)] + [2 * i + 1 for i in range(nd)])
+    out_shape = xp.shape[:nd]
+    xp = xp.reshape(int(np.prod(out_shape)), -1)
+    acc = np.zeros(xp.shape[0], _F32)
+    for j in range(xp.shape[1]):  # each window summed sequentially in row-major order
+        acc = acc + xp[:, j]
+    return acc.reshape(out_shape)
+
+
+def _xla_cpu_sum(x: np.ndarray) -> np.float32:
+    """jnp.sum(x) over all axes on XLA-CPU, for float32 x.
+
+    Bit-exact (tested) for 0-D, 1-D up to ~3000 elements, and 2-D with at most one dim > 32.
+    Larger 1-D tensors (>= 4096) and 2-D tensors with both dims > 32 are reduced by XLA in an
+    order not reproduced here (about 1 ulp off); 3-D+ tensors with small dims are unverified.
+    """
+    x = np.asarray(x, _F32)
+    if x.ndim == 0:
+        return np.float32(x)
+    if all(d <= _XLA_REDUCE_WINDOW for d in x.shape):
+        return _small_sum(x)
+    while any(d > _XLA_REDUCE_WINDOW for d in x.shape):
+        x = _window_sums(x)
+    return _sequential_sum(x)  # the reduce left after the rewrite is sequential
+
+
+def _sum_squares(x: np.ndarray) -> np.ndarray:
+    """ops.sum(ops.square(x)): square in x's dtype, accumulate in float32, round once."""
+    return np.asarray(_xla_cpu_sum(np.square(x).astype(_F32))).astype(x.dtype)
+
+
+def _common_dtype(dtypes: list[np.dtype]) -> np.dtype:
+    """JAX promotion among float32/float16/bfloat16 (any mix promotes to float32)."""
+    return dtypes[0] if all(d == dtypes[0] for d in dtypes) else _F32
+
+
+# ----------------------------------------------------------------------------- clipping
+
+
+def _clip_by_norm(g: np.ndarray, c: float) -> np.ndarray:
+    """g*c / max(n, c), n = sqrt(S) if S > 0 else S (Keras' two-tap where)."""
+    dt = g.dtype
+    with np.errstate(all="ignore"):
+        l2sum = _sum_squares(g)
+        l2norm = np.sqrt(l2sum) if l2sum > 0 else l2sum
+        intermediate = (g * _const(c, dt)).astype(dt)
+        return _div_scalar(intermediate, np.maximum(l2norm, _const(c, dt)))
+
+
+def _clip_by_global_norm(grads: list[np.ndarray], c: float) -> list[np.ndarray]:
+    """scale = c * min(1/N, 1/c) + (N - N); a non-finite N makes every gradient NaN."""
+    dt = _common_dtype([g.dtype for g in grads])
+    with np.errstate(all="ignore"):
+        per_tensor = np.stack([_sum_squares(g).astype(dt) for g in grads])
+        norm = np.sqrt(np.asarray(_xla_cpu_sum(per_tensor.astype(_F32))).astype(dt))
+        inv_norm = (np.asarray(1, dt) / norm).astype(dt)
+        scale = (_const(c, dt) * np.minimum(inv_norm, _const(1.0 / c, dt))).astype(dt)
+        scale = (scale + (norm - norm)).astype(dt)
+        out = []
+        for g in grads:
+            pt = _common_dtype([g.dtype, dt])
+            out.append((g.astype(pt) * scale.astype(pt)).astype(g.dtype))
+        return out
+
+
+def _clip_by_value(g: np.ndarray, c: float) -> np.ndarray:
+    lo, hi = _const(-c, g.dtype), _const(c, g.dtype)
+    return np.minimum(np.maximum(g, lo), hi)
+
+
+def _clip(grads: list[np.ndarray], clip: tuple[str, float] | None) -> list[np.ndarray]:
+    if clip is None:
+        return grads
+    kind, c = clip
+    if kind == "clipnorm":
+        return [_clip_by_norm(g, c) for g in grads]
+    if kind == "global_clipnorm":
+        return _clip_by_global_norm(grads, c)
+    if kind == "clipvalue":
+        return [_clip_by_value(g, c) for g in grads]
+    raise ValueError(f"unknown clip kind {kind!r}; allowed: clipnorm, clipvalue, global_clipnorm")
+
+
+# ----------------------------------------------------------------------------- the oracle
+
+
+class Oracle:
+    """NumPy model of `keras.optimizers.Adam(**spec)` driven by eager `apply` calls.
+
+    Arrays go in and come out as lists (one entry per variable); inputs are never mutated.
+    """
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+    # -- hyper-parameters
+
+    def learning_rate_at(self, k: int) -> np.float32:
+        """The learning rate used on the call whose raw counter is k (Keras `self.learning_rate`)."""
+        spec = self.spec
+        if spec.lr_kind == "float":
+            return np.float32(spec.learning_rate)
+        if spec.lr_kind == "schedule":
+            return np.float32(spec.learning_rate(int(k)))
+        if spec.lr_kind == "callable":
+            fn: Callable = spec.learning_rate
+            return np.float32(fn() if spec.lr_callable_arity == 0 else fn(int(k)))
+        raise ValueError(f"unknown lr_kind {spec.lr_kind!r}; allowed: float, schedule, callable")
+
+    @staticmethod
+    def _hyper(value: Any) -> tuple[Any, bool]:
+        """(value, is_tensor): a callable is evaluated now and acts as a float32 scalar tensor."""
+        if callable(value):
+            return np.float32(value()), True
+        return value, False
+
+    # -- API
+
+    def init(self, params: list[np.ndarray]) -> OracleState:
+        spec = self.spec
+        zeros = lambda: [np.zeros_like(np.asarray(p)) for p in params]  # noqa: E731
+        return OracleState(
+            iterations=np.int32(0),
+            momentums=zeros(),
+            velocities=zeros(),
+            velocity_hats=zeros() if spec.amsgrad else None,
+            averages=zeros() if spec.use_ema else None,
+            accumulators=zeros() if spec.accumulation_steps else None,
+        )
+
+    def finalize(self, state: OracleState, params: list[np.ndarray]) -> list[np.ndarray]:
+        """`finalize_variable_values`: θ ← EMA average when use_ema, else unchanged."""
+        if not self.spec.use_ema:
+            return [np.array(p, copy=True) for p in params]
+        return [a.astype(np.asarray(p).dtype, copy=True) for a, p in zip(state.averages, params)]
+
+    def apply(self, grads: list, state: OracleState, params: list[np.ndarray]):
+        """One `opt.apply(grads, vars)`; returns (new params, new state)."""
+        params = [np.array(p, copy=True) for p in params]
+        if len(grads) == 0:  # Keras: no-op, the counter does not move
+            return params, state
+        if len(grads) != len(params):
+            raise ValueError(f"got {len(grads)} gradients for {len(params)} variables")
+        live = self._live_indices(grads)
+        s = _copy_slots(state)
+        spec = self.spec
+        k = int(state.iterations)
+        n_acc = spec.accumulation_steps
+        k_eff = k // n_acc if n_acc else k
+
+        g = {i: np.asarray(grads[i]).astype(params[i].dtype) for i in live}
+        if spec.loss_scale_factor is not None:  # §2.2: first, before everything else
+            g = {i: _div_scalar(x, _const(spec.loss_scale_factor, x.dtype)) for i, x in g.items()}
+
+        is_update = True
+        if n_acc:  # §2.3
+            is_update = (k + 1) % n_acc == 0
+            acc = s["accumulators"]
+            if is_update:  # mean (g + A) * (1/N) inside lax.cond: reciprocal for every shape
+                g = {i: self._acc_mean(x, acc[i], n_acc) for i, x in g.items()}
+                for i in live:
+                    acc[i] = np.zeros_like(acc[i])
+            else:
+                for i in live:
+                    acc[i] = (g[i] + acc[i]).astype(acc[i].dtype)
+
+        # Keras evaluates the lr once per decayed variable, then once for update_step, on
+        # every call (JAX computes both branches of the accumulation cond).
+        lr_wd = {i: self.learning_rate_at(k) for i in live} if spec.weight_decay is not None else {}
+        lr = self.learning_rate_at(k)
+        if is_update:
+            clipped = _clip([g[i] for i in live], spec.clip)
+            g = dict(zip(live, clipped))
+            for i in live:  # §5: decoupled decay on the pre-update θ
+                if spec.weight_decay is None:
+                    continue
+                dt = params[i].dtype
+                decay = (params[i] * _const(spec.weight_decay, dt)).astype(dt)
+                params[i] = (params[i] - (decay * lr_wd[i].astype(dt)).astype(dt)).astype(dt)
+            self._adam_step(live, g, s, params, lr, k_eff)
+
+        if spec.use_ema:
+            self._ema(s["averages"], params, k_eff)
+
+        s["iterations"] = np.int32(k + 1)
+        return params, OracleState(**s)
+
+    # -- steps
+
+    def _live_indices(self, grads: list) -> list[int]:
+        live = [i for i, x in enumerate(grads) if x is not None]
+        if not live:
+            raise ValueError("No gradients provided for any variable.")
+        missing = [f"variable_{i}" for i, x in enumerate(grads) if x is None]
+        if missing:
+            warnings.warn(
+                f"Gradients do not exist for variables {missing} when minimizing the loss."
+                " If using `model.compile()`, did you forget to provide a `loss` argument?"
+            )
+        return live
+
+    @staticmethod
+    def _acc_mean(g: np.ndarray, a: np.ndarray, n: int) -> np.ndarray:
+        dt = g.dtype
+        total = (g + a).astype(dt)
+        if dt == _BF16:
+            return (total.astype(_F32) * (np.float32(1) / np.float32(n))).astype(dt)
+        return (total * (np.asarray(1, dt) / _const(n, dt)).astype(dt)).astype(dt)
+
+    def _adam_step(self, live: list[int], g: dict, s: dict, params: list, lr: np.float32, k_eff: int):
+        """§3, per variable, everything in the variable dtype."""
+        spec = self.spec
+        beta_1, b1_tensor = self._hyper(spec.beta_1)
+        beta_2, b2_tensor = self._hyper(spec.beta_2)
+        eps, eps_tensor = self._hyper(spec.epsilon)
+        for i in live:
+            dt = params[i].dtype
+            one = np.asarray(1, dt)
+            t = np.asarray(k_eff + 1).astype(dt)
+            with np.errstate(all="ignore"):
+                b1p = np.power(_const(beta_1, dt), t).astype(dt)
+                b2p = np.power(_const(beta_2, dt), t).astype(dt)
+                alpha = ((lr.astype(dt) * np.sqrt(one - b2p)).astype(dt) / (one - b1p)).astype(dt)
+                m = _moment(s["momentums"][i], g[i], beta_1, b1_tensor)
+                v = _moment(s["velocities"][i], np.square(g[i]), beta_2, b2_tensor)
+                s["momentums"][i], s["velocities"][i] = m, v
+                if spec.amsgrad:
+                    v = np.maximum(s["velocity_hats"][i], v)
+                    s["velocity_hats"][i] = v
+                step_num = (m * alpha).astype(dt)
+                if eps_tensor:  # float32 scalar tensor promotes the tail to float32
+                    denom = np.sqrt(v).astype(_F32) + np.float32(eps)
+                    params[i] = (params[i].astype(_F32) - step_num.astype(_F32) / denom).astype(dt)
+                else:
+                    denom = (np.sqrt(v) + _const(eps, dt)).astype(dt)
+                    params[i] = (params[i] - (step_num / denom).astype(dt)).astype(dt)
+
+    def _ema(self, averages: list, params: list, k_eff: int) -> None:
+        """§7: a ← μ·a + (1−μ)·θ over all variables, μ = 0 while k_eff == 0; then overwrite."""
+        spec = self.spec
+        for i, p in enumerate(params):
+            dt = p.dtype
+            mu = (np.asarray(k_eff != 0).astype(dt) * _const(spec.ema_momentum, dt)).astype(dt)
+            with np.errstate(all="ignore"):
+                averages[i] = ((mu * averages[i]).astype(dt) + ((np.asarray(1, dt) - mu) * p).astype(dt)).astype(dt)
+        f = spec.ema_overwrite
+        if f is None:
+            return
+        c = 1 if f == 0 or (k_eff + 1) % f == 0 else 0  # JAX: x % 0 == 0 for int32
+        for i, p in enumerate(params):  # arithmetic blend: a non-finite average poisons θ
+            dt = p.dtype
+            with np.errstate(all="ignore"):
+                params[i] = ((averages[i] * np.asarray(c, dt)).astype(dt) + (p * np.asarray(1 - c, dt)).astype(dt)).astype(dt)
+
+
+def _copy_slots(state: OracleState) -> dict:
+    """The state as a dict of fresh lists of fresh arrays (slots that are off stay None)."""
+    out: dict = {"iterations": state.iterations}
+    for f in dataclasses.fields(state):
+        if f.name == "iterations":
+            continue
+        value = getattr(state, f.name)
+        out[f.name] = None if value is None else [np.array(a, copy=True) for a in value]
+    return out
+
+
+def _moment(prev: np.ndarray, target: np.ndarray, beta: Any, tensor: bool) -> np.ndarray:
+    """prev + (target − prev)·(1 − β): 1 − β in Python double, or in float32 for a tensor β."""
+    dt = prev.dtype
+    diff = (target - prev).astype(dt)
+    if tensor:  # strong float32 coefficient: product and sum in float32, one rounding on assign
+        coef = np.float32(1) - np.float32(beta)
+        return (prev.astype(_F32) + diff.astype(_F32) * coef).astype(dt)
+    return (prev + (diff * _const(1 - beta, dt)).astype(dt)).astype(dt)

@@ -1,0 +1,91 @@
+"""Every stage of the IR (through the NumPy interpreter) and the JAX target against the oracle."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import adamgen
+from adamgen.compiler import compile_spec
+from adamgen.ir.interp import run_module
+from adamgen.lower import slots_for
+from adamgen.oracle import Oracle
+from adamgen.runtime import runtime_scalars
+from tests.strategies import configs, data, tolerance
+
+
+def oracle_run(spec, params, grads_seq):
+    orc = Oracle(spec)
+    state = orc.init(params)
+    for grads in grads_seq:
+        params, state = orc.apply(grads, state, params)
+    return params, state
+
+
+FIELDS = {"momentum": "momentums", "velocity": "velocities", "velocity_hat": "velocity_hats",
+          "average": "averages", "accumulator": "accumulators"}
+
+
+def interp_run(module, spec, params, grads_seq):
+    slots = {s: [np.zeros_like(p) for p in params] for s in slots_for(spec)}
+    step = np.int32(0)
+    for grads in grads_seq:
+        inputs = {"step": step, "param": params, "grad": grads, **slots, **runtime_scalars(spec, int(step))}
+        if spec.lr_kind == "callable" and spec.lr_callable_arity == 1:
+            inputs["lr"] = np.float32(spec.learning_rate(int(step)))
+        out = run_module(module, inputs, len(params))
+        params, step = out["param"], out["step"]
+        slots = {s: out[s] for s in slots}
+    return params, slots, step
+
+
+def _exact_expected(spec) -> bool:
+    # Sums of squares are summed in another order than XLA-CPU's (the oracle's), so norm clipping
+    # can differ in the last bit; everything else is the same arithmetic, op for op.
+    return spec.clip is None or spec.clip[0] == "clipvalue"
+
+
+def _compare(got, want, exact, tol, what):
+    for i, (a, b) in enumerate(zip(got, want)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{what}[{i}]: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
+        if exact:
+            np.testing.assert_array_equal(a.astype(np.float32), b.astype(np.float32), err_msg=f"{what}[{i}]")
+        else:
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), err_msg=f"{what}[{i}]", **tol)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_interpreter_matches_oracle_after_every_stage(config):
+    spec = adamgen.AdamSpec(**config["kw"])
+    params, grads_seq = data(config)
+    want_p, want_s = oracle_run(spec, params, grads_seq)
+    compiled = compile_spec(spec, config["dtype"], verify=True)
+    for stage in ("ir", "ir_opt", "kernels"):
+        got_p, got_slots, step = interp_run(getattr(compiled, stage), spec, params, grads_seq)
+        exact = _exact_expected(spec)
+        tol = tolerance(config["dtype"])
+        _compare(got_p, want_p, exact, tol, f"{stage} param")
+        for slot, values in got_slots.items():
+            _compare(values, getattr(want_s, FIELDS[slot]), exact, tol, f"{stage} {slot}")
+        assert int(step) == int(want_s.iterations)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_jax_target_matches_oracle(config):
+    spec = adamgen.AdamSpec(**config["kw"])
+    params, grads_seq = data(config)
+    want_p, want_s = oracle_run(spec, params, grads_seq)
+    opt = adamgen.build(spec, target="jax")
+    p = [np.array(x) for x in params]
+    state = opt.init(p)
+    for grads in grads_seq:
+        p, state = opt.apply(grads, state, p)
+    tol = tolerance(config["dtype"])
+    # Under jit XLA may contract a*b+c into an FMA (semantics page §10), so a few ulp apart.
+    _compare(p, want_p, False, tol, "jax param")
+    for slot in slots_for(spec):
+        _compare(getattr(state, FIELDS[slot]), getattr(want_s, FIELDS[slot]), False, tol, f"jax {slot}")
+    assert int(state.iterations) == int(want_s.iterations)
