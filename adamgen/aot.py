@@ -67,9 +67,16 @@ def export_flat_step(spec, module: Module, dtype: str) -> bytes:
     vec = jax.ShapeDtypeStruct((n,), numpy_dtype(dtype))
     slot_specs = tuple(vec for _ in slots_for(spec))
     runtime = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in fn.scalars}
-    exp = jax.export.export(jax.jit(fn, donate_argnums=(0, 2)))(
-        vec, vec, slot_specs, jax.ShapeDtypeStruct((), jnp.int32), runtime)
-    return bytes(exp.serialize())
+    # Source locations (file paths, call stacks) would make the bytes depend on who called the
+    # build; an artifact must be reproducible, so export without them.
+    old = jax.config.jax_traceback_in_locations_limit
+    jax.config.update("jax_traceback_in_locations_limit", 0)
+    try:
+        exp = jax.export.export(jax.jit(fn, donate_argnums=(0, 2)))(
+            vec, vec, slot_specs, jax.ShapeDtypeStruct((), jnp.int32), runtime)
+        return bytes(exp.serialize())
+    finally:
+        jax.config.update("jax_traceback_in_locations_limit", old)
 
 
 def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = ("f32",),
@@ -111,6 +118,7 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
 def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--emit", choices=sorted(EMIT_NAMES), default=None,
                    help="print this stage to stdout instead of writing an artifact: spec, ir, ir-opt, kernels, "
                         "jax (jaxpr), cpp (host C++), cuda (CUDA C++)")
+    d = sub.add_parser("demo", help="build an artifact, load it in a fresh process and train a small model")
+    d.add_argument("--target", choices=TARGETS, default="jax", help="target to demo (default jax)")
+    d.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
     return parser
 
 
@@ -136,6 +139,10 @@ def emit(stage_name: str, spec, target: str, dtype: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from adamgen.demo import run_demo
+        run_demo(args.target, args.steps)
+        return 0
     try:
         spec = spec_from_args(args)
     except (ValueError, TypeError) as exc:

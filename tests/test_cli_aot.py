@@ -1,0 +1,141 @@
+"""CLI, artifacts, loading in a fresh process, and the checked-in generated/ snapshots."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import adamgen
+from adamgen import aot
+from adamgen.cli import main
+from adamgen.ir.parser import parse_module
+from adamgen.snapshots import ROOT, SNAPSHOTS, build_all
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_build_then_load_in_a_fresh_process_matches_the_oracle(tmp_path):
+    out = tmp_path / "adam_amsgrad_jax"
+    assert main(["build", "--amsgrad", "--weight-decay", "0.01", "--target", "jax", "-o", str(out)]) == 0
+    script = textwrap.dedent(f"""
+        import sys, json, numpy as np
+        sys.path.insert(0, {str(tmp_path)!r})
+        from adam_amsgrad_jax import optimizer as opt
+        import adamgen.pipeline as pl
+        pl.optimize = pl.fuse_kernels = None   # loading must not re-run the compiler
+        rng = np.random.default_rng(0)
+        tree = [rng.standard_normal(50).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)]
+        flat = rng.standard_normal(64).astype(np.float32)
+        s, fs = opt.init(tree), opt.init(flat)
+        for k in range(3):
+            tree, s = opt.apply([np.full(50, 0.1 * k, np.float32), np.full((3, 4), -0.2, np.float32)], s, tree)
+            flat, fs = opt.apply(np.linspace(-1, 1, 64).astype(np.float32), fs, flat)
+        print(json.dumps([np.asarray(t).ravel().tolist() for t in tree] + [np.asarray(flat).tolist()]))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    orc = adamgen.build(adamgen.AdamSpec(amsgrad=True, weight_decay=0.01), "numpy")
+    rng = np.random.default_rng(0)
+    tree = [rng.standard_normal(50).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)]
+    flat = [rng.standard_normal(64).astype(np.float32)]
+    s, fs = orc.init(tree), orc.init(flat)
+    for k in range(3):
+        tree, s = orc.apply([np.full(50, 0.1 * k, np.float32), np.full((3, 4), -0.2, np.float32)], s, tree)
+        flat, fs = orc.apply([np.linspace(-1, 1, 64).astype(np.float32)], fs, flat)
+    want = [t.ravel().tolist() for t in tree] + [flat[0].tolist()]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("stage", ["spec", "ir", "ir-opt", "kernels", "jax"])
+def test_emit_every_stage(stage, capsys):
+    assert main(["build", "--use-ema", "--global-clipnorm", "1.0", "--emit", stage]) == 0
+    text = capsys.readouterr().out
+    if stage == "spec":
+        assert json.loads(text)["use_ema"] is True
+    elif stage == "jax":
+        assert "sqrt" in text and "lambda" in text
+    else:
+        module = parse_module(text)
+        names = [f.name for f in module.functions]
+        assert names == (["adam_step"] if stage in ("ir", "ir-opt") else ["scalars0", "reduce1", "scalars1", "update"])
+
+
+def test_bad_flag_value_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "bad"
+    assert main(["build", "--gradient-accumulation-steps", "1", "-o", str(out)]) == 2
+    assert "gradient_accumulation_steps" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["build", "--target", "tpu"])
+
+
+def test_from_keras_config_file(tmp_path, capsys):
+    cfg = adamgen.AdamSpec(amsgrad=True, clipvalue=0.5, learning_rate=0.01).get_config()
+    f = tmp_path / "cfg.json"
+    f.write_text(json.dumps({"module": "keras.optimizers", "class_name": "Adam", "config": cfg, "registered_name": None}))
+    assert main(["build", "--from-keras-config", str(f), "--weight-decay", "0.1", "--emit", "spec"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["amsgrad"] is True and got["clipvalue"] == 0.5 and got["weight_decay"] == 0.1
+
+
+def test_schedule_flag(capsys):
+    assert main(["build", "--schedule", "CosineDecay:initial_learning_rate=0.01,decay_steps=100", "--emit", "ir"]) == 0
+    assert "cos " in capsys.readouterr().out
+
+
+def test_failed_build_leaves_the_old_artifact_intact(tmp_path, monkeypatch):
+    out = tmp_path / "adam_x"
+    assert main(["build", "-o", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(aot, "export_flat_step", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        main(["build", "--amsgrad", "-o", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["adam_x"]
+
+
+def test_tampered_artifact_is_refused(tmp_path):
+    out = tmp_path / "adam_t"
+    assert main(["build", "-o", str(out)]) == 0
+    (out / "kernels.f32.txt").write_text((out / "kernels.f32.txt").read_text().replace("0.9", "0.8"))
+    with pytest.raises(ValueError, match="does not match the manifest"):
+        adamgen.load(out)
+
+
+def test_load_rejects_a_dtype_it_was_not_built_for(tmp_path):
+    import ml_dtypes
+    out = tmp_path / "adam_d"
+    assert main(["build", "-o", str(out)]) == 0
+    opt = adamgen.load(out)
+    p = [np.ones(3, ml_dtypes.bfloat16)]
+    with pytest.raises(ValueError, match="rebuild with --dtype bf16"):
+        opt.apply(p, opt.init(p), p)
+
+
+def test_generated_snapshots_are_up_to_date(tmp_path):
+    """Rebuild every checked-in artifact; any byte of difference fails (regenerate with
+    `python -m adamgen.snapshots` after a deliberate compiler change)."""
+    build_all(tmp_path)
+    for name in SNAPSHOTS:
+        fresh, checked_in = tmp_path / name, ROOT / name
+        assert checked_in.is_dir(), f"generated/{name} is missing; run python -m adamgen.snapshots"
+        names = sorted(p.name for p in fresh.iterdir())
+        assert names == sorted(p.name for p in checked_in.iterdir() if p.name != "__pycache__"), name
+        for f in names:
+            assert (fresh / f).read_bytes() == (checked_in / f).read_bytes(), f"generated/{name}/{f} differs"
+
+
+def test_import_generated_package():
+    res = subprocess.run([sys.executable, "-c", "from generated.adam_full_jax import optimizer as o; print(o.spec.use_ema)"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0 and res.stdout.strip() == "True", res.stderr
