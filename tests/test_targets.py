@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import adamgen
-from adamgen.compiler import compile_spec
+from adamgen import pipeline
+from adamgen.lower import lower
 from adamgen.ir.interp import run_module
 from adamgen.lower import slots_for
 from adamgen.oracle import Oracle
@@ -57,13 +58,17 @@ def _compare(got, want, exact, tol, what):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
-def test_interpreter_matches_oracle_after_every_stage(config):
+def test_interpreter_matches_oracle_after_every_pass(config):
     spec = adamgen.AdamSpec(**config["kw"])
     params, grads_seq = data(config)
     want_p, want_s = oracle_run(spec, params, grads_seq)
-    compiled = compile_spec(spec, config["dtype"], verify=True)
-    for stage in ("ir", "ir_opt", "kernels"):
-        got_p, got_slots, step = interp_run(getattr(compiled, stage), spec, params, grads_seq)
+    stages = [("lowered", lower(spec, config["dtype"]))]
+    collect = lambda name, module: stages.append((name, module))  # noqa: E731
+    optimized = pipeline.run(stages[0][1], pipeline.OPTIMIZE, verify=True, dump_after=collect)
+    pipeline.run(optimized, pipeline.FUSE, verify=True, dump_after=collect)
+    assert [name for name, _ in stages] == ["lowered"] + [n for n, _ in pipeline.OPTIMIZE + pipeline.FUSE]
+    for stage, module in stages:
+        got_p, got_slots, step = interp_run(module, spec, params, grads_seq)
         exact = _exact_expected(spec)
         tol = tolerance(config["dtype"])
         _compare(got_p, want_p, exact, tol, f"{stage} param")
