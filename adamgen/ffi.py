@@ -1,0 +1,271 @@
+"""Native multi-tensor kernels as XLA FFI custom calls: render, build, register, call.
+
+A kernel is described by a :class:`KernelContext` (a frozen, validated bag of numbers,
+identifiers and pre-rendered element-body lines). The templates under ``templates/{host,cuda}``
+turn it into C++ / CUDA source; :mod:`adamgen.toolchain` compiles it; :func:`register` hands the
+handler to XLA; :func:`call` issues one ``ffi_call`` over every tensor of a pytree.
+
+FFI call layout (role-major), for T tensors:
+    args = [scalars f32[n_scalars], pertensor f32[T * n_pertensor], in_0[0..T), in_1[0..T), ...]
+    rets = [out_0[0..T), out_1[0..T), ...]          in_a = a-th *read* role, out_o = o-th *written*
+A role both read and written is aliased: arg ``2 + a*T + t`` -> ret ``o*T + t``. Under
+``jax.jit(..., donate_argnums=...)`` on those arrays the update is in place.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from adamgen import toolchain
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+ENV = Environment(
+    loader=FileSystemLoader(str(TEMPLATE_DIR)),
+    undefined=StrictUndefined,
+    autoescape=False,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+TEMPLATES = {"cpu": "host/handler.cc.j2", "cuda": "cuda/handler.cu.j2"}
+JAX_PLATFORM = {"cpu": "cpu", "cuda": "CUDA"}
+
+# IR dtype name -> (C storage type, XLA FFI DataType, NumPy dtype).
+STORAGE = {
+    "f32": ("float", "xla::ffi::F32", np.dtype(np.float32)),
+    "bf16": ("adamgen_bf16", "xla::ffi::BF16", np.dtype(jnp.bfloat16)),
+    "f16": ("adamgen_f16", "xla::ffi::F16", np.dtype(np.float16)),
+}
+COMPUTE_CTYPES = ("float",)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BAD_LINE = re.compile(r"[\n\r]|#|\{%|\{\{|%\}|\}\}|/\*|\*/")
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """One per-tensor buffer role, e.g. ``RoleSpec("param", "f32", read=True, written=True)``."""
+    name: str
+    dtype: str
+    read: bool
+    written: bool
+
+
+@dataclass(frozen=True)
+class KernelContext:
+    """Everything the host and CUDA templates see. Build with :func:`make_context`.
+
+    The element body computes in ``compute_ctype`` on ``x[r]`` (role r, loaded and converted)
+    and ``s[k]`` (runtime scalar k, f32); it writes the new value of each written role to
+    ``x[r]``. Spec constants are already literals inside ``body``.
+    """
+    symbol: str                        # C identifier of the exported FFI handler
+    roles: tuple[str, ...]             # role names, in role order
+    role_ctypes: tuple[str, ...]       # storage C type per role
+    role_dtypes: tuple[str, ...]       # xla::ffi::DataType per role
+    role_arg: tuple[int, ...]          # per role: index among per-tensor inputs, -1 if not read
+    role_ret: tuple[int, ...]          # per role: index among per-tensor outputs, -1 if not written
+    n_in: int                          # read roles per tensor
+    n_out: int                         # written roles per tensor
+    n_scalars: int                     # runtime scalars (f32 buffer, first argument)
+    body: tuple[str, ...]              # element-body C++ statements, one per line
+    n_pertensor: int = 0               # per-tensor values (f32[T * n_pertensor], second argument)
+    compute_ctype: str = "float"
+    chunk_elems: int = 65536           # elements per chunk (host and CUDA)
+    parallel_min_elems: int = 1 << 16  # host: fewer elements in total run single-threaded
+    block_threads: int = 256           # CUDA threads per block
+    vec_elems: int = 4                 # CUDA elements per vector access (16 B of f32)
+    max_grid: int = 1 << 20            # CUDA grid cap; blocks stride over chunks beyond it
+    launch_param_bytes: int = 4000     # CUDA kernel-argument budget (4 KiB classic limit)
+
+
+def _check_ident(name: str, what: str) -> str:
+    if not _IDENT.match(name):
+        raise ValueError(f"{what} {name!r} is not a C identifier")
+    return name
+
+
+def _check_positive(ctx: KernelContext) -> None:
+    for name in ("chunk_elems", "parallel_min_elems", "block_threads", "vec_elems", "max_grid", "launch_param_bytes"):
+        value = getattr(ctx, name)
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if ctx.chunk_elems % ctx.vec_elems:
+        raise ValueError("chunk_elems must be a multiple of vec_elems (keeps chunks aligned)")
+
+
+def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: Sequence[str],
+                 n_pertensor: int = 0, **tuning: int) -> KernelContext:
+    """Validate the pieces and derive the call layout; ``tuning`` sets the int fields."""
+    _check_ident(symbol, "symbol")
+    if not roles:
+        raise ValueError("a kernel needs at least one role")
+    for role in roles:
+        _check_ident(role.name, "role name")
+        if role.dtype not in STORAGE:
+            raise ValueError(f"role {role.name}: dtype {role.dtype!r} not in {sorted(STORAGE)}")
+    if not any(r.read for r in roles) or not any(r.written for r in roles):
+        raise ValueError("a kernel needs at least one read and one written role")
+    for name, value in (("n_scalars", n_scalars), ("n_pertensor", n_pertensor)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    for line in body:
+        if _BAD_LINE.search(line):
+            raise ValueError(f"body line {line!r} holds a newline, comment or template syntax")
+    reads = [r for r in roles if r.read]
+    writes = [r for r in roles if r.written]
+    ctx = KernelContext(
+        symbol=symbol,
+        roles=tuple(r.name for r in roles),
+        role_ctypes=tuple(STORAGE[r.dtype][0] for r in roles),
+        role_dtypes=tuple(STORAGE[r.dtype][1] for r in roles),
+        role_arg=tuple(reads.index(r) if r.read else -1 for r in roles),
+        role_ret=tuple(writes.index(r) if r.written else -1 for r in roles),
+        n_in=len(reads), n_out=len(writes), n_scalars=n_scalars, body=tuple(body),
+        n_pertensor=n_pertensor, **tuning)
+    if ctx.compute_ctype not in COMPUTE_CTYPES:
+        raise ValueError(f"compute_ctype {ctx.compute_ctype!r} not in {COMPUTE_CTYPES}")
+    _check_positive(ctx)
+    return ctx
+
+
+def render(ctx: KernelContext, platform: str) -> str:
+    """C++ (``"cpu"``) or CUDA (``"cuda"``) source of the kernel."""
+    if platform not in TEMPLATES:
+        raise ValueError(f"unknown platform {platform!r}; allowed: {sorted(TEMPLATES)}")
+    return ENV.get_template(TEMPLATES[platform]).render(**asdict(ctx))
+
+
+def target_name(ctx: KernelContext, source: str, platform: str) -> str:
+    """FFI target name: symbol + platform + hash of the source (a changed kernel never reuses
+    a stale registration or a cached executable)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return f"{ctx.symbol}_{platform}_{digest}"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A built, registered kernel: what :func:`call` needs."""
+    ctx: KernelContext
+    platform: str
+    target: str
+    lib_path: Path
+    source: str = field(repr=False)
+
+
+_REGISTERED: dict[str, tuple[Path, ctypes.CDLL]] = {}
+
+
+def register(lib_path: Path, symbol: str, name: str, platform: str) -> None:
+    """Load ``lib_path`` and register its handler ``symbol`` as FFI target ``name``; idempotent."""
+    if platform not in JAX_PLATFORM:
+        raise ValueError(f"unknown platform {platform!r}; allowed: {sorted(JAX_PLATFORM)}")
+    if name in _REGISTERED:
+        if _REGISTERED[name][0] != Path(lib_path):
+            raise ValueError(f"FFI target {name!r} is already registered from another library")
+        return
+    lib = ctypes.CDLL(str(lib_path))
+    handler = getattr(lib, _check_ident(symbol, "symbol"))
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform=JAX_PLATFORM[platform])
+    _REGISTERED[name] = (Path(lib_path), lib)
+
+
+def build(ctx: KernelContext, platform: str = "cpu", *, cache_dir: Path | None = None) -> Kernel:
+    """Render, compile (cached) and register the kernel for ``platform``."""
+    source = render(ctx, platform)
+    compile_fn = toolchain.compile_host if platform == "cpu" else toolchain.compile_cuda
+    lib_path = compile_fn(source, cache_dir=cache_dir)
+    name = target_name(ctx, source, platform)
+    register(lib_path, ctx.symbol, name, platform)
+    return Kernel(ctx, platform, name, lib_path, source)
+
+
+def aliases(ctx: KernelContext, n_tensors: int) -> dict[int, int]:
+    """input_output_aliases for ``n_tensors`` tensors (see the module docstring)."""
+    out: dict[int, int] = {}
+    for a, o in zip(ctx.role_arg, ctx.role_ret):
+        if a < 0 or o < 0:
+            continue
+        for t in range(n_tensors):
+            out[2 + a * n_tensors + t] = o * n_tensors + t
+    return out
+
+
+def call(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array]],
+         pertensor: jax.Array | None = None) -> list[list[jax.Array]]:
+    """One custom call over every tensor. ``inputs[a][t]``: tensor t of the a-th read role;
+    ``pertensor``: f32[T, n_pertensor] (row t holds tensor t's per-tensor values).
+
+    Returns ``outputs[o][t]``: tensor t of the o-th written role. Donate the aliased inputs
+    (``jax.jit(..., donate_argnums=...)``) for an in-place update without copies.
+    """
+    ctx = kernel.ctx
+    if len(inputs) != ctx.n_in:
+        raise ValueError(f"expected {ctx.n_in} input roles {ctx.roles}, got {len(inputs)}")
+    n_tensors = len(inputs[0])
+    if any(len(role) != n_tensors for role in inputs):
+        raise ValueError("every input role needs the same number of tensors")
+    shapes = [x.shape for x in inputs[0]]
+    written = [r for r, o in enumerate(ctx.role_ret) if o >= 0]
+    result_types = [
+        jax.ShapeDtypeStruct(shape, _np_dtype(ctx.role_dtypes[r]))
+        for r in written for shape in shapes
+    ]
+    if n_tensors == 0:
+        return [[] for _ in written]
+    flat_in = [x for role in inputs for x in role]
+    fn = jax.ffi.ffi_call(kernel.target, result_types, vmap_method="sequential",
+                          input_output_aliases=aliases(ctx, n_tensors))
+    if pertensor is None:
+        pertensor = jnp.zeros((n_tensors, ctx.n_pertensor), jnp.float32)
+    if tuple(pertensor.shape) != (n_tensors, ctx.n_pertensor):
+        raise ValueError(f"pertensor must be f32[{n_tensors}, {ctx.n_pertensor}], got {pertensor.shape}")
+    # at least one element, so the buffer has an address even with no per-tensor values
+    pt = jnp.concatenate([jnp.ravel(pertensor).astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
+    flat_out = fn(jnp.asarray(scalars, jnp.float32), pt, *flat_in)
+    return [list(flat_out[o * n_tensors:(o + 1) * n_tensors]) for o in range(len(written))]
+
+
+def _np_dtype(ffi_dtype: str) -> np.dtype:
+    for _, dtype_name, np_dtype in STORAGE.values():
+        if dtype_name == ffi_dtype:
+            return np_dtype
+    raise ValueError(f"unknown FFI dtype {ffi_dtype!r}")
+
+
+# --- The hand-written plain-Adam f32 fixture (replaced later by the compiler's renderer). ---
+# beta1 = 0.9, beta2 = 0.999, epsilon = 1e-7 baked; s[0] = alpha (the bias-corrected step size),
+# s[1] = lr (unused by plain Adam; present so the scalar buffer has the compiler's layout).
+PLAIN_ADAM_ROLES = (
+    RoleSpec("param", "f32", read=True, written=True),
+    RoleSpec("grad", "f32", read=True, written=False),
+    RoleSpec("momentum", "f32", read=True, written=True),
+    RoleSpec("velocity", "f32", read=True, written=True),
+)
+PLAIN_ADAM_BODY = (
+    "const float g = x[1];",
+    "const float m = x[2] + (g - x[2]) * 0.1f;",
+    "const float v = x[3] + (g * g - x[3]) * 0.001f;",
+    "x[0] = x[0] - (m * s[0]) / (sqrtf(v) + 1e-07f);",
+    "x[2] = m;",
+    "x[3] = v;",
+)
+
+
+def plain_adam_context(**tuning: int) -> KernelContext:
+    return make_context("adamgen_plain_adam_f32", PLAIN_ADAM_ROLES, 2, PLAIN_ADAM_BODY, **tuning)
+
+
+def with_tuning(ctx: KernelContext, **tuning: int) -> KernelContext:
+    """A copy of ``ctx`` with other int tuning fields, validated."""
+    new = replace(ctx, **tuning)
+    _check_positive(new)
+    return new

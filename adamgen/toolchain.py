@@ -1,0 +1,198 @@
+"""Find the native compilers and build cached shared libraries from C++ and CUDA source.
+
+Environment is read only here, at the top level of the lookup helpers (``CXX``, ``CUDA_HOME``,
+``XDG_CACHE_HOME``, ``ADAMGEN_CACHE_DIR``); everything below takes explicit arguments.
+
+Cache layout: ``<cache_dir>/<sha256>.so`` where the key covers the source text, the full
+command-line flags and the compiler's version string. Outputs are written to a temporary file in
+the same directory and moved into place with ``os.replace``, so a concurrent or failed build
+never leaves a torn library behind.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax.ffi
+
+# Host: -ffp-contract=off keeps a*b+c as two rounded ops (bit-exact against the NumPy oracle; an
+# explicit fmaf() in the body still gives a fused op). -fno-math-errno lets sqrtf vectorize
+# without changing any value. No -ffast-math: it would reassociate.
+HOST_FLAGS: tuple[str, ...] = (
+    "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17",
+    "-ffp-contract=off", "-fno-math-errno",
+)
+# CUDA: SASS for sm_80 and sm_90, PTX for compute_90 (JIT forward compatibility).
+# --fmad=false for the same reason as -ffp-contract=off on the host.
+CUDA_GENCODE: tuple[str, ...] = (
+    "-gencode", "arch=compute_80,code=sm_80",
+    "-gencode", "arch=compute_90,code=sm_90",
+    "-gencode", "arch=compute_90,code=compute_90",
+)
+CUDA_FLAGS: tuple[str, ...] = (
+    "-O3", "-std=c++17", "--fmad=false", "-shared", "-Xcompiler", "-fPIC", *CUDA_GENCODE,
+    # jaxlib's ffi headers trip nvcc's "missing return" / "always_inline ignored" warnings.
+    "-diag-suppress", "940,2473", "-Xcompiler", "-Wno-return-type",
+)
+# The PyPI `nvidia-cuda-nvcc` 13.x wheel ships the nvcc driver under nvidia/cu13/bin (its deps
+# nvidia-cuda-runtime, nvidia-cuda-crt and nvidia-nvvm bring the headers and cicc); the older
+# `nvidia-cuda-nvcc-cu12` wheel ships only ptxas (nvidia/cuda_nvcc/bin), not nvcc.
+INSTALL_HINT_CUDA = (
+    "install the CUDA compiler with `pip install adamgen[cuda]` (PyPI nvidia-cuda-nvcc>=13), "
+    "or install the CUDA toolkit and set CUDA_HOME"
+)
+
+
+class ToolchainError(RuntimeError):
+    """A compiler is missing or a compile failed."""
+
+
+@dataclass(frozen=True)
+class Compiler:
+    kind: str  # "host" or "cuda"
+    path: Path
+    version: str
+
+
+def default_cache_dir() -> Path:
+    """``$ADAMGEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/adamgen``, else ``~/.cache/adamgen``."""
+    explicit = os.environ.get("ADAMGEN_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "adamgen"
+
+
+def _first_line_version(path: Path) -> str:
+    out = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=True)
+    lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise ToolchainError(f"{path} --version printed nothing")
+    # g++ puts the version on the first line, nvcc on the last ("Build cuda_13.0.r13.0/...").
+    return " | ".join(lines[:1] + lines[-2:]) if len(lines) > 2 else " | ".join(lines)
+
+
+@functools.cache
+def find_host_compiler() -> Compiler:
+    """g++ from ``$CXX`` or PATH."""
+    name = os.environ.get("CXX") or "g++"
+    found = shutil.which(name)
+    if found is None:
+        raise ToolchainError(f"host C++ compiler {name!r} not found on PATH; install g++ "
+                             "(e.g. `apt-get install g++`) or set CXX")
+    path = Path(found)
+    return Compiler("host", path, _first_line_version(path))
+
+
+def _wheel_nvcc_candidates() -> list[Path]:
+    """nvcc shipped by the PyPI ``nvidia-cuda-nvcc*`` wheels, in any site-packages."""
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *sys.path}
+    layouts = ("nvidia/cuda_nvcc/bin/nvcc", "nvidia/cu13/bin/nvcc", "nvidia/cu12/bin/nvcc")
+    return [Path(root) / rel for root in sorted(r for r in roots if r) for rel in layouts]
+
+
+@functools.cache
+def find_cuda_compiler() -> Compiler:
+    """nvcc from ``$CUDA_HOME/bin``, PATH, then the ``nvidia-cuda-nvcc`` wheel."""
+    candidates: list[Path] = []
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda_home:
+        candidates.append(Path(cuda_home) / "bin" / "nvcc")
+    on_path = shutil.which("nvcc")
+    if on_path:
+        candidates.append(Path(on_path))
+    candidates.extend(_wheel_nvcc_candidates())
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return Compiler("cuda", path, _first_line_version(path))
+    raise ToolchainError(f"nvcc not found (looked in CUDA_HOME/bin, PATH, site-packages "
+                         f"nvidia/*/bin); {INSTALL_HINT_CUDA}")
+
+
+def compiler_version(kind: str) -> str:
+    """Version string of the ``"host"`` or ``"cuda"`` compiler."""
+    if kind == "host":
+        return find_host_compiler().version
+    if kind == "cuda":
+        return find_cuda_compiler().version
+    raise ValueError(f"unknown compiler kind {kind!r}; allowed: 'host', 'cuda'")
+
+
+def numbered(source: str) -> str:
+    return "\n".join(f"{i:4d} | {line}" for i, line in enumerate(source.splitlines(), 1))
+
+
+def cache_key(source: str, flags: tuple[str, ...], version: str) -> str:
+    h = hashlib.sha256()
+    for part in (source, "\0".join(flags), version):
+        h.update(part.encode())
+        h.update(b"\x00\x01")
+    return h.hexdigest()
+
+
+def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
+           out_ext: str, cache_dir: Path | None) -> Path:
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(source, flags, compiler.version)
+    target = cache_dir / f"{key}{out_ext}"
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
+        src = Path(tmp) / f"kernel{suffix}"
+        src.write_text(source)
+        tmp_out = Path(tmp) / f"out{out_ext}"
+        cmd = [str(compiler.path), *flags, str(src), "-o", str(tmp_out)]
+        _run_compiler(cmd, source)
+        os.replace(tmp_out, target)
+    return target
+
+
+def _run_compiler(cmd: list[str], source: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return proc.stderr
+    raise ToolchainError(
+        f"compile failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+        f"--- source ---\n{numbered(source)}\n--- compiler stderr ---\n{proc.stderr}")
+
+
+def host_flags(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return (*HOST_FLAGS, f"-I{jax.ffi.include_dir()}", *extra)
+
+
+def cuda_flags(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return (*CUDA_FLAGS, f"-I{jax.ffi.include_dir()}", *extra)
+
+
+def compile_host(source: str, flags: tuple[str, ...] = (), *,
+                 cache_dir: Path | None = None) -> Path:
+    """Compile C++ ``source`` to a shared library with g++; ``flags`` are appended."""
+    return _build(find_host_compiler(), source, ".cc", host_flags(tuple(flags)), ".so", cache_dir)
+
+
+def compile_cuda(source: str, flags: tuple[str, ...] = (), *,
+                 cache_dir: Path | None = None) -> Path:
+    """Compile CUDA ``source`` to a shared library holding sm_80/sm_90 SASS and PTX."""
+    return _build(find_cuda_compiler(), source, ".cu", cuda_flags(tuple(flags)), ".so", cache_dir)
+
+
+def ptxas_report(source: str, flags: tuple[str, ...] = ()) -> str:
+    """``-Xptxas -v`` output (registers, spills, per arch); device code only (``-fatbin``)."""
+    compiler = find_cuda_compiler()
+    with tempfile.TemporaryDirectory(prefix="adamgen-ptxas-") as tmp:
+        src = Path(tmp) / "kernel.cu"
+        src.write_text(source)
+        cmd = [str(compiler.path), "-O3", "-std=c++17", "--fmad=false", *CUDA_GENCODE,
+               "-diag-suppress", "940,2473", f"-I{jax.ffi.include_dir()}", "-Xptxas", "-v",
+               "-fatbin", *flags, str(src), "-o", str(Path(tmp) / "kernel.fatbin")]
+        return _run_compiler(cmd, source)

@@ -1,0 +1,92 @@
+"""The native toolchain: compiler lookup, cached builds, compile errors, CUDA compile + ptxas."""
+from __future__ import annotations
+
+import ctypes
+import re
+
+import pytest
+
+from adamgen import ffi, toolchain
+
+
+
+def _has_nvcc() -> bool:
+    try:
+        toolchain.find_cuda_compiler()
+    except toolchain.ToolchainError:
+        return False
+    return True
+
+
+HAS_NVCC = _has_nvcc()
+needs_nvcc = pytest.mark.skipif(not HAS_NVCC, reason="needs nvcc (pip install adamgen[cuda])")
+
+ADD_ONE = 'extern "C" int add_one(int x) { return x + 1; }\n'
+
+
+def test_host_compiler_version_is_reported():
+    version = toolchain.compiler_version("host")
+    assert version and ("g++" in version or "GCC" in version or "clang" in version)
+
+
+def test_unknown_compiler_kind_fails():
+    with pytest.raises(ValueError, match="allowed"):
+        toolchain.compiler_version("fortran")
+
+
+def test_compile_host_caches_by_content(tmp_path):
+    lib = toolchain.compile_host(ADD_ONE, cache_dir=tmp_path)
+    assert ctypes.CDLL(str(lib)).add_one(41) == 42
+    mtime = lib.stat().st_mtime_ns
+    assert toolchain.compile_host(ADD_ONE, cache_dir=tmp_path) == lib
+    assert lib.stat().st_mtime_ns == mtime  # served from the cache, not rebuilt
+    other = toolchain.compile_host(ADD_ONE, ("-O2",), cache_dir=tmp_path)
+    assert other != lib  # flags are part of the key
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".build-")]
+    assert not leftovers
+
+
+def test_compile_error_shows_numbered_source_and_stderr(tmp_path):
+    with pytest.raises(toolchain.ToolchainError) as info:
+        toolchain.compile_host("int f() {\n  return nope;\n}\n", cache_dir=tmp_path)
+    text = str(info.value)
+    assert "   2 |   return nope;" in text
+    assert "nope" in text.split("--- compiler stderr ---")[1]
+    assert not list(tmp_path.glob("*.so"))  # a failed build leaves nothing in the cache
+
+
+def test_missing_nvcc_error_names_the_fix(monkeypatch):
+    toolchain.find_cuda_compiler.cache_clear()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setattr(toolchain, "_wheel_nvcc_candidates", lambda: [])
+    try:
+        with pytest.raises(toolchain.ToolchainError, match=r"pip install adamgen\[cuda\]"):
+            toolchain.find_cuda_compiler()
+    finally:
+        toolchain.find_cuda_compiler.cache_clear()
+
+
+def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADAMGEN_CACHE_DIR", str(tmp_path / "x"))
+    assert toolchain.default_cache_dir() == tmp_path / "x"
+    monkeypatch.delenv("ADAMGEN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert toolchain.default_cache_dir() == tmp_path / "adamgen"
+
+
+@needs_nvcc
+def test_cuda_kernel_compiles_with_no_spills(tmp_path):
+    source = ffi.render(ffi.plain_adam_context(chunk_elems=16384), "cuda")
+    report = toolchain.ptxas_report(source)
+    archs = re.findall(r"Compiling entry function '\w+' for '(sm_\d+)'", report)
+    assert sorted(archs) == ["sm_80", "sm_90"]
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    assert spills and all(s == ("0", "0") for s in spills), report
+    frames = re.findall(r"(\d+) bytes stack frame", report)
+    assert frames and all(f == "0" for f in frames), report  # params not copied to local memory
+    lib = toolchain.compile_cuda(source, cache_dir=tmp_path)
+    assert lib.exists() and lib.stat().st_size > 0
+    assert "nvcc" in toolchain.compiler_version("cuda").lower() or "cuda" in \
+        toolchain.compiler_version("cuda").lower()
