@@ -81,7 +81,7 @@ def export_flat_step(spec, module: Module, dtype: str) -> bytes:
 
 def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = ("f32",),
                    extra_files: Callable[[str, Module], dict[str, bytes]] | None = None,
-                   extra_manifest: dict | None = None) -> Path:
+                   extra_manifest: dict | None = None, binaries: dict[str, bytes] | None = None) -> Path:
     """Compile `spec` for each dtype and write the artifact directory atomically."""
     import adamgen
     from adamgen.backends.jax import emit_jaxpr
@@ -97,6 +97,7 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
             files[f"step.{dtype}.jaxexport"] = export_flat_step(spec, compiled.kernels, dtype)
         if extra_files is not None:
             files.update(extra_files(dtype, compiled.kernels))
+    binaries = dict(binaries or {})
     pkg = out_dir.name
     files["__init__.py"] = INIT_PY.format(name=pkg, pkg=pkg).encode()
     manifest = {
@@ -110,8 +111,10 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
         **(extra_manifest or {}),
         "files": {k: _sha256(v) for k, v in sorted(files.items())},
     }
+    if binaries:  # machine-specific builds: listed apart from the reproducible files
+        manifest["binaries"] = {k: _sha256(v) for k, v in sorted(binaries.items())}
     files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    _write_atomically(out_dir, files)
+    _write_atomically(out_dir, {**files, **binaries})
     return out_dir
 
 

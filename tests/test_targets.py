@@ -132,3 +132,24 @@ def test_jax_target_matches_real_keras(config):
     for slot in slots_for(opt.spec):
         _compare(getattr(state, FIELDS[slot]), getattr(snap, FIELDS[slot]), False, tol, f"jax vs keras {slot}")
     assert int(state.iterations) == int(snap.iterations)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_cpu_target_matches_oracle(config):
+    """The native host kernel (the CUDA kernel's element body, compiled for the CPU)."""
+    spec = adamgen.AdamSpec(**config["kw"])
+    params, grads_seq = data(config)
+    want_p, want_s = oracle_run(spec, params, grads_seq)
+    opt = adamgen.build(spec, target="cpu")
+    p = [np.array(x) for x in params]
+    state = opt.init(p)
+    for grads in grads_seq:
+        p, state = opt.apply(grads, state, p)
+    # The element body is op-for-op the IR with no FMA (-ffp-contract=off); the scalar kernels
+    # run under XLA's jit, which may contract, so compare with the JAX tolerance.
+    tol = tolerance(config["dtype"])
+    _compare(p, want_p, False, tol, "cpu param")
+    for slot in slots_for(spec):
+        _compare(getattr(state, FIELDS[slot]), getattr(want_s, FIELDS[slot]), False, tol, f"cpu {slot}")
+    assert int(state.iterations) == int(want_s.iterations)

@@ -106,14 +106,22 @@ def run_function(fn: Function, inputs: dict[str, Value], n_tensors: int) -> dict
     return {k: (by_name[v.attr("name")] if v.op is Op.INPUT else env[id(v)]) for k, v in fn.outputs}
 
 
-def run_module(module: Module, inputs: dict[str, Value], n_tensors: int) -> dict[str, Value]:
+KernelRunner = Callable[[Function, dict, int], "dict[str, Value] | None"]
+
+
+def run_module(module: Module, inputs: dict[str, Value], n_tensors: int,
+               runner: KernelRunner | None = None) -> dict[str, Value]:
+    """Run the kernels in order. `runner` may take over a kernel (native targets run the
+    elementwise and reduce kernels as custom calls); returning None leaves it to JAX."""
     env = dict(inputs)
     results: dict[str, Value] = {}
     for fn in module.functions:
         missing = [n.attr("name") for n in fn.inputs if n.attr("name") not in env]
         if missing:
             raise ValueError(f"@{fn.name}: missing inputs {missing}")
-        out = run_function(fn, env, n_tensors)
+        out = runner(fn, env, n_tensors) if runner is not None else None
+        if out is None:
+            out = run_function(fn, env, n_tensors)
         env.update(out)
         results.update(out)
     return results
@@ -165,6 +173,9 @@ class JaxExecutor:
             self.module(dtype)
         return self._jitted(params, grads, slots, step, runtime)
 
+    def _runner_for(self, dtype: str) -> KernelRunner | None:
+        return None
+
     def _run_exported(self, dtype, params, grads, slots, step, runtime):
         """The flat fast path of an artifact: its jax.export'ed step, no tracing of the IR."""
         if dtype not in self._exported_calls:
@@ -186,7 +197,7 @@ class JaxExecutor:
             inputs.update({k: [v[i] for i in idx] for k, v in slots.items()})
             if self.spec.lr_kind == "callable" and getattr(self.spec, "lr_callable_arity", 0) == 1:
                 inputs["lr"] = jnp.asarray(self.spec.learning_rate(step), jnp.float32)
-            out = run_module(self._modules[dtype], inputs, len(idx))
+            out = run_module(self._modules[dtype], inputs, len(idx), self._runner_for(dtype))
             new_step = out["step"]
             for j, i in enumerate(idx):
                 new_params[i] = out["param"][j]

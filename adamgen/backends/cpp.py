@@ -1,0 +1,178 @@
+"""C++ renderer for the fused IR's elementwise kernel, shared by the host and CUDA flavours.
+
+It consumes only the final fused IR (`kind = "elementwise"` function) and produces the pieces
+the templates lay out: the per-tensor buffer roles, the runtime scalar and per-tensor value
+names, and the element body as C++ statements (one per IR node, in SSA order). One rule per op
+in `CPP_EXPR`. Float values compute in `float`; a float16/bfloat16 result is rounded back to
+its dtype after every op, exactly as the IR (and the oracle) round.
+Targets declare capabilities as data (`Capabilities`); nothing here asks which target it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from adamgen.ffi import STORAGE, RoleSpec
+from adamgen.ir.node import Function, Node, function_nodes
+from adamgen.ir.ops import Op
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a native target offers the renderer and its templates."""
+
+    platform: str            # ffi platform key: "cpu" or "cuda"
+    fma: bool                # may a*b+c contract to one rounding? (False: match the oracle op for op)
+    vector_bytes: int        # widest load/store per thread
+    chunk_elems: int         # elements per chunk of the multi-tensor table
+
+
+HOST = Capabilities(platform="cpu", fma=False, vector_bytes=32, chunk_elems=65536)
+CUDA = Capabilities(platform="cuda", fma=False, vector_bytes=16, chunk_elems=65536)
+CAPABILITIES = {"cpu": HOST, "cuda": CUDA}
+
+FLOAT_TYPES = ("f32", "f16", "bf16")
+ROUND = {"f32": None, "f16": "adamgen_round_f16", "bf16": "adamgen_round_bf16"}
+
+
+def c_type(dtype: str) -> str:
+    if dtype in FLOAT_TYPES:
+        return "float"
+    if dtype == "bool":
+        return "bool"
+    if dtype == "i32":
+        return "int"
+    raise ValueError(f"dtype {dtype!r} has no C++ compute type; allowed: {FLOAT_TYPES + ('bool', 'i32')}")
+
+
+def literal(node: Node) -> str:
+    """An exact C++ literal for a constant (hex floats: no decimal rounding)."""
+    value = node.attr("value")
+    if node.dtype == "bool":
+        return "true" if bool(value) else "false"
+    if node.dtype == "i32":
+        return str(int(value))
+    f = float(value)
+    if np.isnan(f):
+        return "NAN"
+    if np.isinf(f):
+        return "INFINITY" if f > 0 else "(-INFINITY)"
+    return f"{f.hex()}f" if f >= 0 else f"(-{(-f).hex()}f)"
+
+
+def _unary(fmt: str) -> Callable[[Node, list[str]], str]:
+    return lambda node, a: fmt.format(*a)
+
+
+def _cast(node: Node, a: list[str]) -> str:
+    src = node.operands[0].dtype
+    if node.dtype == "bool":
+        return f"({a[0]} != 0)"
+    if node.dtype == "i32":
+        return f"static_cast<int>({a[0]})"
+    return a[0] if src in FLOAT_TYPES else f"static_cast<float>({a[0]})"
+
+
+def _max(node: Node, a: list[str]) -> str:
+    return f"adamgen_max({a[0]}, {a[1]})" if node.dtype in FLOAT_TYPES else f"({a[0]} > {a[1]} ? {a[0]} : {a[1]})"
+
+
+def _min(node: Node, a: list[str]) -> str:
+    return f"adamgen_min({a[0]}, {a[1]})" if node.dtype in FLOAT_TYPES else f"({a[0]} < {a[1]} ? {a[0]} : {a[1]})"
+
+
+def _not_here(node: Node, a: list[str]) -> str:
+    raise ValueError(f"{node.op.value} does not belong in an elementwise kernel; the fuse pass moves it out")
+
+
+CPP_EXPR: dict[Op, Callable[[Node, list[str]], str]] = {
+    Op.INPUT: _not_here,      # inputs are named x[r], s[k], pt[j] by the renderer
+    Op.CONST: lambda node, a: literal(node),
+    Op.CAST: _cast,
+    Op.NEG: _unary("(-{0})"),
+    Op.SQRT: _unary("sqrtf({0})"),
+    Op.FLOOR: _unary("floorf({0})"),
+    Op.CEIL: _unary("ceilf({0})"),
+    Op.COS: _unary("cosf({0})"),
+    Op.LOG: _unary("logf({0})"),
+    Op.ADD: _unary("({0} + {1})"),
+    Op.SUB: _unary("({0} - {1})"),
+    Op.MUL: _unary("({0} * {1})"),
+    Op.DIV: _unary("({0} / {1})"),
+    Op.POW: _unary("powf({0}, {1})"),
+    Op.MAX: _max,
+    Op.MIN: _min,
+    Op.MOD: _unary("adamgen_mod({0}, {1})"),
+    Op.FLOORDIV: _unary("adamgen_floordiv({0}, {1})"),
+    Op.LT: _unary("({0} < {1})"),
+    Op.LE: _unary("({0} <= {1})"),
+    Op.EQ: _unary("({0} == {1})"),
+    Op.NE: _unary("({0} != {1})"),
+    Op.SELECT: _unary("({0} ? {1} : {2})"),
+    Op.REDUCE_SUM: _not_here,
+    Op.GLOBAL_SUM: _not_here,
+}
+EXACT_OPS = frozenset({Op.CONST, Op.NEG, Op.FLOOR, Op.CEIL, Op.MAX, Op.MIN, Op.SELECT})
+
+
+@dataclass(frozen=True)
+class RenderedKernel:
+    """The renderer's output: what ffi.make_context needs, plus the names the caller feeds."""
+
+    roles: tuple[RoleSpec, ...]
+    scalars: tuple[str, ...]      # s[k] <- the value named scalars[k], as f32
+    pertensor: tuple[str, ...]    # pt[j] <- the per-tensor value named pertensor[j], as f32
+    body: tuple[str, ...]
+
+
+def _read_runtime(node: Node, ref: str) -> str:
+    if node.dtype == "bool":
+        return f"({ref} != 0.0f)"
+    if node.dtype == "i32":
+        return f"static_cast<int>({ref})"
+    return ref
+
+
+def render_elementwise(fn: Function, dtype: str) -> RenderedKernel:
+    """Render the fused `update` function for params of `dtype`."""
+    if fn.attr("kind") != "elementwise":
+        raise ValueError(f"@{fn.name} is a {fn.attr('kind')!r} kernel; render_elementwise takes 'elementwise'")
+    if dtype not in STORAGE:
+        raise ValueError(f"param dtype {dtype!r} not supported natively; allowed: {sorted(STORAGE)}")
+    tensors = [n for n in fn.inputs if n.shape == "N"]
+    scalars = [n for n in fn.inputs if n.shape == ""]
+    pertensor = [n for n in fn.inputs if n.shape == "T"]
+    written = {name for name, _ in fn.outputs}
+    names: dict[str, str] = {}
+    for r, n in enumerate(tensors):
+        if n.dtype != dtype:
+            raise ValueError(f"tensor input {n.attr('name')!r} is {n.dtype}, expected the param dtype {dtype}")
+        names[n.attr("name")] = f"x[{r}]"
+    names.update({n.attr("name"): _read_runtime(n, f"s[{k}]") for k, n in enumerate(scalars)})
+    names.update({n.attr("name"): _read_runtime(n, f"pt[{j}]") for j, n in enumerate(pertensor)})
+    missing = written - {n.attr("name") for n in tensors}
+    if missing:
+        raise ValueError(f"outputs {sorted(missing)} are not tensor inputs; kernels update state in place")
+
+    body: list[str] = []
+    values: dict[int, str] = {}
+    for node in function_nodes(fn):
+        if node.op is Op.INPUT:
+            continue
+        args = [names[o.attr("name")] if o.op is Op.INPUT else values[id(o)] for o in node.operands]
+        expr = CPP_EXPR[node.op](node, args)
+        rounding = ROUND.get(node.dtype)
+        if rounding and node.op not in EXACT_OPS:
+            expr = f"{rounding}({expr})"
+        name = f"v{len(values)}"
+        values[id(node)] = name
+        body.append(f"const {c_type(node.dtype)} {name} = {expr};")
+    role_index = {n.attr("name"): r for r, n in enumerate(tensors)}
+    for out_name, node in fn.outputs:
+        ref = names[node.attr("name")] if node.op is Op.INPUT else values[id(node)]
+        body.append(f"x[{role_index[out_name]}] = {ref};")
+    roles = tuple(RoleSpec(n.attr("name"), dtype, read=True, written=n.attr("name") in written) for n in tensors)
+    return RenderedKernel(roles, tuple(n.attr("name") for n in scalars),
+                          tuple(n.attr("name") for n in pertensor), tuple(body))

@@ -1,0 +1,148 @@
+"""Native targets (`cpu`, `cuda`): the fused elementwise kernel as one multi-tensor XLA FFI call.
+
+The scalar kernels (step, learning rate, bias corrections, clip factors) run as tiny JAX math
+inside the same jit, so every step-dependent value reaches the kernel from device memory: one
+build serves every step and the call is CUDA-graph safe. Reductions (norm clipping) run in JAX.
+The update kernel is rendered from the fused IR (backends/cpp.py), laid out by the Jinja
+templates, compiled ahead of time (toolchain.py) and registered with XLA (ffi.py).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from adamgen import ffi, toolchain
+from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise
+from adamgen.backends.jax import JaxExecutor
+from adamgen.ir.node import Module
+
+SOURCE_SUFFIX = {"cpu": "cc", "cuda": "cu"}
+
+
+@dataclass(frozen=True)
+class NativeKernel:
+    rendered: RenderedKernel
+    ctx: ffi.KernelContext
+    source: str
+
+
+def kernel_for(module: Module, dtype: str, caps: Capabilities) -> NativeKernel:
+    """Render the update kernel of a fused module for one param dtype."""
+    rendered = render_elementwise(module.function("update"), dtype)
+    symbol = f"adamgen_update_{dtype}"
+    ctx = ffi.make_context(symbol, rendered.roles, len(rendered.scalars), rendered.body,
+                           n_pertensor=len(rendered.pertensor), chunk_elems=caps.chunk_elems)
+    return NativeKernel(rendered, ctx, ffi.render(ctx, caps.platform))
+
+
+def render_source(spec, module: Module, target: str) -> str:
+    dtype = dict(module.attrs)["dtype"]
+    return kernel_for(module, dtype, CAPABILITIES[target]).source
+
+
+def _check_platform(target: str) -> None:
+    if target == "cuda" and not any(d.platform == "gpu" for d in jax.devices()):
+        raise RuntimeError("the cuda target runs on an NVIDIA GPU visible to JAX, and none is here "
+                           f"(jax.devices() = {jax.devices()}); build artifacts anyway with "
+                           "`adamgen build --target cuda`, or use target='cpu'")
+
+
+class NativeExecutor(JaxExecutor):
+    """The JAX executor with the elementwise kernel replaced by the native custom call."""
+
+    def __init__(self, spec, module_for: Callable[[str], Module], target: str,
+                 binaries: dict[str, Path] | None = None) -> None:
+        if target not in CAPABILITIES:
+            raise ValueError(f"native target must be one of {sorted(CAPABILITIES)}, got {target!r}")
+        _check_platform(target)
+        super().__init__(spec, module_for)
+        self.caps = CAPABILITIES[target]
+        self._binaries = dict(binaries or {})
+        self.kernels: dict[str, tuple[NativeKernel, ffi.Kernel]] = {}
+
+    def module(self, dtype: str) -> Module:
+        module = super().module(dtype)
+        if dtype not in self.kernels:
+            native = kernel_for(module, dtype, self.caps)
+            self.kernels[dtype] = (native, self._build(native, dtype))
+        return module
+
+    def _build(self, native: NativeKernel, dtype: str) -> ffi.Kernel:
+        platform = self.caps.platform
+        lib = self._binaries.get(dtype)
+        if lib is None:
+            compile_fn = toolchain.compile_host if platform == "cpu" else toolchain.compile_cuda
+            lib = compile_fn(native.source)
+        name = ffi.target_name(native.ctx, native.source, platform)
+        ffi.register(lib, native.ctx.symbol, name, platform)
+        return ffi.Kernel(native.ctx, platform, name, Path(lib), native.source)
+
+    def _runner_for(self, dtype: str):
+        native, kernel = self.kernels[dtype]
+        rendered = native.rendered
+        written = [r.name for r in rendered.roles if r.written]
+
+        def run(fn, env, n_tensors):
+            if fn.attr("kind") != "elementwise":
+                return None
+            scalars = (jnp.stack([jnp.asarray(env[k]).astype(jnp.float32) for k in rendered.scalars])
+                       if rendered.scalars else jnp.zeros((1,), jnp.float32))
+            pertensor = (jnp.stack([jnp.asarray(env[k]).astype(jnp.float32) for k in rendered.pertensor], axis=1)
+                         if rendered.pertensor else jnp.zeros((n_tensors, 0), jnp.float32))
+            outs = ffi.call(kernel, scalars, [env[r.name] for r in rendered.roles], pertensor)
+            return dict(zip(written, outs))
+
+        return run
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...]) -> Path:
+    """An artifact whose kernels are native: rendered source + compiled library per dtype.
+
+    The libraries are listed under "binaries" in the manifest (machine-specific builds); the
+    sources, IR and spec are the reproducible "files" that snapshots diff.
+    """
+    from adamgen.aot import write_artifact
+
+    caps = CAPABILITIES[target]
+    compiler = toolchain.find_host_compiler() if target == "cpu" else toolchain.find_cuda_compiler()
+    compile_fn = toolchain.compile_host if target == "cpu" else toolchain.compile_cuda
+    binaries: dict[str, bytes] = {}
+
+    def extra_files(dtype: str, module: Module) -> dict[str, bytes]:
+        native = kernel_for(module, dtype, caps)
+        binaries[f"kernel.{dtype}.so"] = Path(compile_fn(native.source)).read_bytes()
+        return {f"kernel.{dtype}.{SOURCE_SUFFIX[target]}": native.source.encode()}
+
+    manifest = {"compiler": {"kind": compiler.kind, "version": toolchain.compiler_version(compiler.kind),
+                             "flags": list(toolchain.host_flags() if target == "cpu" else toolchain.cuda_flags())},
+                "capabilities": {"fma": caps.fma, "vector_bytes": caps.vector_bytes, "chunk_elems": caps.chunk_elems}}
+    return write_artifact(spec, target, out_dir, dtypes, extra_files=extra_files, extra_manifest=manifest,
+                          binaries=binaries)
+
+
+def load_native_executor(spec, module_for, path: Path, manifest: dict) -> NativeExecutor:
+    """Use the artifact's libraries when they are present and intact; else rebuild from its source."""
+    target = manifest["target"]
+    binaries = {}
+    for name, digest in manifest.get("binaries", {}).items():
+        lib = path / name
+        if lib.is_file() and _sha256(lib.read_bytes()) == digest:
+            binaries[name.split(".")[1]] = lib
+    executor = NativeExecutor(spec, module_for, target, binaries)
+    for dtype in manifest["dtypes"]:
+        module = executor.module(dtype)
+        native, _ = executor.kernels[dtype]
+        shipped = (path / f"kernel.{dtype}.{SOURCE_SUFFIX[target]}").read_text()
+        if shipped != native.source:
+            raise ValueError(f"{path}: kernel.{dtype} source does not match its kernels IR; rebuild the artifact")
+        del module
+    return executor
