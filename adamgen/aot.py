@@ -1,6 +1,8 @@
 """Ahead-of-time artifacts: a self-describing directory per built spec and target.
 
     manifest.json          spec, its hash, versions, target, dtypes, every file with its sha256
+    build.json             [native] compiler, flags, capabilities, compiled library hashes
+    kernel.<dtype>.cc|cu   [native] the rendered kernel source; kernel.<dtype>.so its build
     spec.json              AdamSpec.to_json()
     ir.<dtype>.txt         the optimized IR
     kernels.<dtype>.txt    the fused kernels (what `load` runs; the pipeline is not re-run)
@@ -81,7 +83,7 @@ def export_flat_step(spec, module: Module, dtype: str) -> bytes:
 
 def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = ("f32",),
                    extra_files: Callable[[str, Module], dict[str, bytes]] | None = None,
-                   extra_manifest: dict | None = None, binaries: dict[str, bytes] | None = None) -> Path:
+                   build_info: dict | None = None, binaries: dict[str, bytes] | None = None) -> Path:
     """Compile `spec` for each dtype and write the artifact directory atomically."""
     import adamgen
     from adamgen.backends.jax import emit_jaxpr
@@ -97,7 +99,6 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
             files[f"step.{dtype}.jaxexport"] = export_flat_step(spec, compiled.kernels, dtype)
         if extra_files is not None:
             files.update(extra_files(dtype, compiled.kernels))
-    binaries = dict(binaries or {})
     pkg = out_dir.name
     files["__init__.py"] = INIT_PY.format(name=pkg, pkg=pkg).encode()
     manifest = {
@@ -108,13 +109,16 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
         "spec": json.loads(spec.to_json()),
         "spec_hash": spec.content_hash(),
         "versions": {"adamgen": adamgen.__version__, "jax": jax.__version__},
-        **(extra_manifest or {}),
         "files": {k: _sha256(v) for k, v in sorted(files.items())},
     }
-    if binaries:  # machine-specific builds: listed apart from the reproducible files
-        manifest["binaries"] = {k: _sha256(v) for k, v in sorted(binaries.items())}
     files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    _write_atomically(out_dir, {**files, **binaries})
+    if binaries:
+        # Machine-specific: compiled libraries and how they were built live apart from the
+        # reproducible files, in build.json; a loader rebuilds from source when they are absent.
+        info = {**(build_info or {}), "binaries": {k: _sha256(v) for k, v in sorted(binaries.items())}}
+        files.update(binaries)
+        files["build.json"] = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+    _write_atomically(out_dir, files)
     return out_dir
 
 

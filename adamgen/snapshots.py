@@ -17,7 +17,14 @@ SNAPSHOTS: dict[str, list[str]] = {
     "adam_plain_jax": ["--target", "jax"],
     "adam_amsgrad_jax": ["--amsgrad", "--target", "jax"],
     "adam_full_jax": [*FULL, "--target", "jax"],
+    "adam_plain_cpu": ["--target", "cpu"],
+    "adam_amsgrad_cpu": ["--amsgrad", "--target", "cpu"],
+    "adam_full_cpu": [*FULL, "--target", "cpu"],
+    "adam_amsgrad_cuda": ["--amsgrad", "--target", "cuda"],
+    "adam_full_cuda": [*FULL, "--target", "cuda"],
 }
+# Machine-specific outputs of native builds: not checked in, not diffed (see aot.py).
+MACHINE_SPECIFIC = ("build.json", ".so")
 
 ROOT = Path(__file__).resolve().parent.parent / "generated"
 

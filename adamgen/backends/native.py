@@ -107,8 +107,8 @@ def _sha256(data: bytes) -> str:
 def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...]) -> Path:
     """An artifact whose kernels are native: rendered source + compiled library per dtype.
 
-    The libraries are listed under "binaries" in the manifest (machine-specific builds); the
-    sources, IR and spec are the reproducible "files" that snapshots diff.
+    The libraries and the compiler that built them are recorded in build.json (machine-specific);
+    the sources, IR, spec and manifest are the reproducible files that snapshots diff.
     """
     from adamgen.aot import write_artifact
 
@@ -122,18 +122,22 @@ def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, .
         binaries[f"kernel.{dtype}.so"] = Path(compile_fn(native.source)).read_bytes()
         return {f"kernel.{dtype}.{SOURCE_SUFFIX[target]}": native.source.encode()}
 
-    manifest = {"compiler": {"kind": compiler.kind, "version": toolchain.compiler_version(compiler.kind),
+    build_info = {"compiler": {"kind": compiler.kind, "version": toolchain.compiler_version(compiler.kind),
                              "flags": list(toolchain.host_flags() if target == "cpu" else toolchain.cuda_flags())},
                 "capabilities": {"fma": caps.fma, "vector_bytes": caps.vector_bytes, "chunk_elems": caps.chunk_elems}}
-    return write_artifact(spec, target, out_dir, dtypes, extra_files=extra_files, extra_manifest=manifest,
+    return write_artifact(spec, target, out_dir, dtypes, extra_files=extra_files, build_info=build_info,
                           binaries=binaries)
 
 
 def load_native_executor(spec, module_for, path: Path, manifest: dict) -> NativeExecutor:
     """Use the artifact's libraries when they are present and intact; else rebuild from its source."""
+    import json
+
     target = manifest["target"]
+    build_file = path / "build.json"
+    listed = json.loads(build_file.read_text()).get("binaries", {}) if build_file.is_file() else {}
     binaries = {}
-    for name, digest in manifest.get("binaries", {}).items():
+    for name, digest in listed.items():
         lib = path / name
         if lib.is_file() and _sha256(lib.read_bytes()) == digest:
             binaries[name.split(".")[1]] = lib
