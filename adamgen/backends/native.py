@@ -94,7 +94,13 @@ class NativeExecutor(JaxExecutor):
                        if rendered.scalars else jnp.zeros((1,), jnp.float32))
             pertensor = (jnp.stack([jnp.asarray(env[k]).astype(jnp.float32) for k in rendered.pertensor], axis=1)
                          if rendered.pertensor else jnp.zeros((n_tensors, 0), jnp.float32))
-            outs = ffi.call(kernel, scalars, [env[r.name] for r in rendered.roles], pertensor)
+            outs: list[list] = [[] for _ in written]
+            step = self.caps.tensors_per_call
+            for a in range(0, n_tensors, step):
+                part = ffi.call(kernel, scalars, [env[r.name][a:a + step] for r in rendered.roles],
+                                pertensor[a:a + step])
+                for o, values in enumerate(part):
+                    outs[o].extend(values)
             return dict(zip(written, outs))
 
         return run
