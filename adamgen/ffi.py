@@ -37,6 +37,7 @@ ENV = Environment(
     keep_trailing_newline=True,
 )
 TEMPLATES = {"cpu": "host/handler.cc.j2", "cuda": "cuda/handler.cu.j2"}
+REDUCE_TEMPLATES = {"cpu": "host/reduce.cc.j2", "cuda": "cuda/reduce.cu.j2"}
 JAX_PLATFORM = {"cpu": "cpu", "cuda": "CUDA"}
 
 # IR dtype name -> (C storage type, XLA FFI DataType, NumPy dtype).
@@ -78,6 +79,7 @@ class KernelContext:
     n_scalars: int                     # runtime scalars (f32 buffer, first argument)
     body: tuple[str, ...]              # element-body C++ statements, one per line
     n_pertensor: int = 0               # per-tensor values (f32[T * n_pertensor], second argument)
+    n_reduce: int = 0                  # reduce kernels: the last n_reduce roles are values summed per tensor
     compute_ctype: str = "float"
     chunk_elems: int = 65536           # elements per chunk (host and CUDA)
     parallel_min_elems: int = 1 << 16  # host: fewer elements in total run single-threaded
@@ -103,7 +105,7 @@ def _check_positive(ctx: KernelContext) -> None:
 
 
 def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: Sequence[str],
-                 n_pertensor: int = 0, **tuning: int) -> KernelContext:
+                 n_pertensor: int = 0, n_reduce: int = 0, **tuning: int) -> KernelContext:
     """Validate the pieces and derive the call layout; ``tuning`` sets the int fields."""
     _check_ident(symbol, "symbol")
     if not roles:
@@ -112,8 +114,10 @@ def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: S
         _check_ident(role.name, "role name")
         if role.dtype not in STORAGE:
             raise ValueError(f"role {role.name}: dtype {role.dtype!r} not in {sorted(STORAGE)}")
-    if not any(r.read for r in roles) or not any(r.written for r in roles):
-        raise ValueError("a kernel needs at least one read and one written role")
+    if not any(r.read for r in roles) or not (any(r.written for r in roles) or n_reduce > 0):
+        raise ValueError("a kernel needs at least one read role and a written role or a reduction")
+    if n_reduce and any(r.read or r.written for r in roles[len(roles) - n_reduce:]):
+        raise ValueError("the last n_reduce roles hold reduced values: neither read nor written")
     for name, value in (("n_scalars", n_scalars), ("n_pertensor", n_pertensor)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
@@ -130,7 +134,7 @@ def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: S
         role_arg=tuple(reads.index(r) if r.read else -1 for r in roles),
         role_ret=tuple(writes.index(r) if r.written else -1 for r in roles),
         n_in=len(reads), n_out=len(writes), n_scalars=n_scalars, body=tuple(body),
-        n_pertensor=n_pertensor, **tuning)
+        n_pertensor=n_pertensor, n_reduce=n_reduce, **tuning)
     if ctx.compute_ctype not in COMPUTE_CTYPES:
         raise ValueError(f"compute_ctype {ctx.compute_ctype!r} not in {COMPUTE_CTYPES}")
     _check_positive(ctx)
@@ -138,10 +142,12 @@ def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: S
 
 
 def render(ctx: KernelContext, platform: str) -> str:
-    """C++ (``"cpu"``) or CUDA (``"cuda"``) source of the kernel."""
+    """C++ (``"cpu"``) or CUDA (``"cuda"``) source of the kernel (an update, or a reduction when
+    ``ctx.n_reduce`` > 0)."""
     if platform not in TEMPLATES:
         raise ValueError(f"unknown platform {platform!r}; allowed: {sorted(TEMPLATES)}")
-    return ENV.get_template(TEMPLATES[platform]).render(**asdict(ctx))
+    table = REDUCE_TEMPLATES if ctx.n_reduce else TEMPLATES
+    return ENV.get_template(table[platform]).render(**asdict(ctx))
 
 
 def target_name(ctx: KernelContext, source: str, platform: str) -> str:
@@ -232,6 +238,20 @@ def call(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array
     pt = jnp.concatenate([jnp.ravel(pertensor).astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
     flat_out = fn(jnp.asarray(scalars, jnp.float32), pt, *flat_in)
     return [list(flat_out[o * n_tensors:(o + 1) * n_tensors]) for o in range(len(written))]
+
+
+def call_reduce(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array]],
+                pertensor: jax.Array | None = None) -> jax.Array:
+    """One reduction call over every tensor; returns f32[T, n_reduce] per-tensor sums."""
+    ctx = kernel.ctx
+    n_tensors = len(inputs[0])
+    if pertensor is None:
+        pertensor = jnp.zeros((n_tensors, ctx.n_pertensor), jnp.float32)
+    pt = jnp.concatenate([jnp.ravel(pertensor).astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
+    fn = jax.ffi.ffi_call(kernel.target, jax.ShapeDtypeStruct((n_tensors * ctx.n_reduce,), jnp.float32),
+                          vmap_method="sequential")
+    flat_in = [x for role in inputs for x in role]
+    return fn(jnp.asarray(scalars, jnp.float32), pt, *flat_in).reshape(n_tensors, ctx.n_reduce)
 
 
 def _np_dtype(ffi_dtype: str) -> np.dtype:

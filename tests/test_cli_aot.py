@@ -148,10 +148,12 @@ def test_cpu_artifact_loads_in_a_fresh_process(tmp_path, drop_binary):
     out = tmp_path / "adam_full_cpu"
     flags = ["--amsgrad", "--weight-decay", "0.01", "--global-clipnorm", "1.0", "--use-ema"]
     assert main(["build", *flags, "--target", "cpu", "-o", str(out)]) == 0
-    assert (out / "kernel.f32.cc").is_file() and (out / "kernel.f32.so").is_file()
+    assert (out / "update.f32.cc").is_file() and (out / "update.f32.so").is_file()
+    assert (out / "reduce1.f32.cc").is_file() and (out / "reduce1.f32.so").is_file()
     assert json.loads((out / "build.json").read_text())["compiler"]["kind"] == "host"
     if drop_binary:  # a checked-in snapshot has no library: it is rebuilt from the shipped source
-        (out / "kernel.f32.so").unlink()
+        (out / "update.f32.so").unlink()
+        (out / "reduce1.f32.so").unlink()
     script = textwrap.dedent(f"""
         import sys, json, numpy as np
         sys.path.insert(0, {str(tmp_path)!r})

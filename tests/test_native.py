@@ -116,11 +116,32 @@ def test_cuda_element_body_as_host_code_matches_interpreter(dtype, tmp_path):
                                               err_msg=f"{dtype} {role.name} tensor {t}")
 
 
-@pytest.mark.parametrize("name", ["plain", "full"])
-def test_rendered_cuda_compiles_without_spills(name):
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("name", ["full", "clipnorm"])
+def test_host_reduce_kernel_against_interpreter(name, dtype):
+    """Per-tensor sums of squares: float accumulation in another order than NumPy's, so close,
+    not bit-exact; each sum is rounded once to the dtype like the IR's reduce_sum."""
+    spec = adamgen.AdamSpec(**SPECS[name])
+    module = compile_spec(spec, dtype).kernels
+    fn = module.function("reduce1")
+    inputs = _inputs(fn, dtype, np.random.default_rng(5))
+    want = run_function(fn, inputs, len(SHAPES))
+    native = kernel_for(module, dtype, HOST, "reduce1")
+    kernel = ffi.build(native.ctx, "cpu")
+    r = native.rendered
+    scalars = jnp.asarray([np.float32(inputs[k]) for k in r.scalars] or [0.0], jnp.float32)
+    sums = ffi.call_reduce(kernel, scalars, [[jnp.asarray(x) for x in inputs[role.name]]
+                                             for role in r.roles if role.read])
+    for j, out in enumerate(r.outputs):
+        np.testing.assert_allclose(np.asarray(sums[:, j]).astype(np.float32), want[out].astype(np.float32),
+                                   rtol=1e-5 if dtype == "f32" else 1e-2)
+
+
+@pytest.mark.parametrize("kernel_name, name", [("update", "plain"), ("update", "full"), ("reduce1", "full")])
+def test_rendered_cuda_compiles_without_spills(kernel_name, name):
     """nvcc builds SASS for sm_80 and sm_90 plus PTX; ptxas reports no spills."""
     spec = adamgen.AdamSpec(**SPECS[name])
-    native = kernel_for(compile_spec(spec, "f32").kernels, "f32", CUDA)
+    native = kernel_for(compile_spec(spec, "f32").kernels, "f32", CUDA, kernel_name)
     report = toolchain.ptxas_report(native.source)
     assert "sm_90" in report and "sm_80" in report
     assert "spill" in report

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from adamgen.ffi import STORAGE, RoleSpec
-from adamgen.ir.node import Function, Node, function_nodes
+from adamgen.ir.node import Function, Node
 from adamgen.ir.ops import Op
 
 
@@ -129,6 +129,7 @@ class RenderedKernel:
     scalars: tuple[str, ...]      # s[k] <- the value named scalars[k], as f32
     pertensor: tuple[str, ...]    # pt[j] <- the per-tensor value named pertensor[j], as f32
     body: tuple[str, ...]
+    outputs: tuple[str, ...] = () # reduce kernels: the name of each per-tensor sum, in order
 
 
 def _read_runtime(node: Node, ref: str) -> str:
@@ -139,16 +140,13 @@ def _read_runtime(node: Node, ref: str) -> str:
     return ref
 
 
-def render_elementwise(fn: Function, dtype: str) -> RenderedKernel:
-    """Render the fused `update` function for params of `dtype`."""
-    if fn.attr("kind") != "elementwise":
-        raise ValueError(f"@{fn.name} is a {fn.attr('kind')!r} kernel; render_elementwise takes 'elementwise'")
+def _names(fn: Function, dtype: str) -> tuple[list[Node], list[Node], list[Node], dict[str, str]]:
+    """Inputs by kind and the C++ expression that reads each: x[r], s[k], pt[j]."""
     if dtype not in STORAGE:
         raise ValueError(f"param dtype {dtype!r} not supported natively; allowed: {sorted(STORAGE)}")
     tensors = [n for n in fn.inputs if n.shape == "N"]
     scalars = [n for n in fn.inputs if n.shape == ""]
     pertensor = [n for n in fn.inputs if n.shape == "T"]
-    written = {name for name, _ in fn.outputs}
     names: dict[str, str] = {}
     for r, n in enumerate(tensors):
         if n.dtype != dtype:
@@ -156,27 +154,64 @@ def render_elementwise(fn: Function, dtype: str) -> RenderedKernel:
         names[n.attr("name")] = f"x[{r}]"
     names.update({n.attr("name"): _read_runtime(n, f"s[{k}]") for k, n in enumerate(scalars)})
     names.update({n.attr("name"): _read_runtime(n, f"pt[{j}]") for j, n in enumerate(pertensor)})
-    missing = written - {n.attr("name") for n in tensors}
-    if missing:
-        raise ValueError(f"outputs {sorted(missing)} are not tensor inputs; kernels update state in place")
+    return tensors, scalars, pertensor, names
+
+
+def _statements(roots: list[Node], names: dict[str, str], stop: frozenset = frozenset()
+                ) -> tuple[list[str], dict[int, str]]:
+    """One `const T vN = expr;` per node reachable from `roots`, operands first."""
+    from adamgen.ir.node import topo_order
 
     body: list[str] = []
     values: dict[int, str] = {}
-    for node in function_nodes(fn):
-        if node.op is Op.INPUT:
+    for node in topo_order(roots):
+        if node.op is Op.INPUT or node.op in stop:
             continue
         args = [names[o.attr("name")] if o.op is Op.INPUT else values[id(o)] for o in node.operands]
         expr = CPP_EXPR[node.op](node, args)
         rounding = ROUND.get(node.dtype)
         if rounding and node.op not in EXACT_OPS:
             expr = f"{rounding}({expr})"
-        name = f"v{len(values)}"
-        values[id(node)] = name
-        body.append(f"const {c_type(node.dtype)} {name} = {expr};")
+        values[id(node)] = f"v{len(values)}"
+        body.append(f"const {c_type(node.dtype)} {values[id(node)]} = {expr};")
+    return body, values
+
+
+def _ref(node: Node, names: dict[str, str], values: dict[int, str]) -> str:
+    return names[node.attr("name")] if node.op is Op.INPUT else values[id(node)]
+
+
+def render_elementwise(fn: Function, dtype: str) -> RenderedKernel:
+    """Render the fused `update` function for params of `dtype`."""
+    if fn.attr("kind") != "elementwise":
+        raise ValueError(f"@{fn.name} is a {fn.attr('kind')!r} kernel; render_elementwise takes 'elementwise'")
+    tensors, scalars, pertensor, names = _names(fn, dtype)
+    written = {name for name, _ in fn.outputs}
+    missing = written - {n.attr("name") for n in tensors}
+    if missing:
+        raise ValueError(f"outputs {sorted(missing)} are not tensor inputs; kernels update state in place")
+    body, values = _statements([v for _, v in fn.outputs], names)
     role_index = {n.attr("name"): r for r, n in enumerate(tensors)}
-    for out_name, node in fn.outputs:
-        ref = names[node.attr("name")] if node.op is Op.INPUT else values[id(node)]
-        body.append(f"x[{role_index[out_name]}] = {ref};")
+    body += [f"x[{role_index[out]}] = {_ref(node, names, values)};" for out, node in fn.outputs]
     roles = tuple(RoleSpec(n.attr("name"), dtype, read=True, written=n.attr("name") in written) for n in tensors)
     return RenderedKernel(roles, tuple(n.attr("name") for n in scalars),
                           tuple(n.attr("name") for n in pertensor), tuple(body))
+
+
+def render_reduce(fn: Function, dtype: str) -> RenderedKernel:
+    """Render a fused `reduce` function: each output is reduce_sum(value); the body computes the
+    values into extra roles x[kRoles - kReduce + j], which the template sums per tensor in f32."""
+    if fn.attr("kind") != "reduce":
+        raise ValueError(f"@{fn.name} is a {fn.attr('kind')!r} kernel; render_reduce takes 'reduce'")
+    if not all(node.op is Op.REDUCE_SUM for _, node in fn.outputs):
+        raise ValueError(f"@{fn.name}: every output of a reduce kernel must be a reduce_sum")
+    tensors, scalars, pertensor, names = _names(fn, dtype)
+    summed = [node.operands[0] for _, node in fn.outputs]
+    body, values = _statements(summed, names)
+    first = len(tensors)
+    body += [f"x[{first + j}] = {_ref(node, names, values)};" for j, node in enumerate(summed)]
+    roles = tuple(RoleSpec(n.attr("name"), dtype, read=True, written=False) for n in tensors)
+    roles += tuple(RoleSpec(f"sum_{name}", "f32", read=False, written=False) for name, _ in fn.outputs)
+    return RenderedKernel(roles, tuple(n.attr("name") for n in scalars),
+                          tuple(n.attr("name") for n in pertensor), tuple(body),
+                          outputs=tuple(name for name, _ in fn.outputs))

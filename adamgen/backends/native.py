@@ -2,8 +2,8 @@
 
 The scalar kernels (step, learning rate, bias corrections, clip factors) run as tiny JAX math
 inside the same jit, so every step-dependent value reaches the kernel from device memory: one
-build serves every step and the call is CUDA-graph safe. Reductions (norm clipping) run in JAX.
-The update kernel is rendered from the fused IR (backends/cpp.py), laid out by the Jinja
+build serves every step and the call is CUDA-graph safe. Norm clipping adds one native
+reduction kernel (per-tensor sums of squares). The kernels are rendered from the fused IR (backends/cpp.py), laid out by the Jinja
 templates, compiled ahead of time (toolchain.py) and registered with XLA (ffi.py).
 """
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from adamgen.dtypes import numpy_dtype
 from adamgen import ffi, toolchain
-from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise
+from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise, render_reduce
 from adamgen.backends.jax import JaxExecutor
 from adamgen.ir.node import Module
 
@@ -31,18 +32,27 @@ class NativeKernel:
     source: str
 
 
-def kernel_for(module: Module, dtype: str, caps: Capabilities) -> NativeKernel:
-    """Render the update kernel of a fused module for one param dtype."""
-    rendered = render_elementwise(module.function("update"), dtype)
-    symbol = f"adamgen_update_{dtype}"
-    ctx = ffi.make_context(symbol, rendered.roles, len(rendered.scalars), rendered.body,
-                           n_pertensor=len(rendered.pertensor), chunk_elems=caps.chunk_elems)
+def kernel_for(module: Module, dtype: str, caps: Capabilities, name: str = "update") -> NativeKernel:
+    """Render one native kernel (`update`, or a `reduce<k>`) of a fused module for a param dtype."""
+    fn = module.function(name)
+    reduce = fn.attr("kind") == "reduce"
+    rendered = (render_reduce if reduce else render_elementwise)(fn, dtype)
+    ctx = ffi.make_context(f"adamgen_{name}_{dtype}", rendered.roles, len(rendered.scalars), rendered.body,
+                           n_pertensor=len(rendered.pertensor), n_reduce=len(rendered.outputs),
+                           chunk_elems=caps.chunk_elems)
     return NativeKernel(rendered, ctx, ffi.render(ctx, caps.platform))
 
 
+def native_kernel_names(module: Module) -> list[str]:
+    """The kernels a native target runs itself: reductions and the update (scalars stay in JAX)."""
+    return [f.name for f in module.functions if f.attr("kind") in ("reduce", "elementwise")]
+
+
 def render_source(spec, module: Module, target: str) -> str:
+    """All native kernels of a module, one source after the other (what --emit prints)."""
     dtype = dict(module.attrs)["dtype"]
-    return kernel_for(module, dtype, CAPABILITIES[target]).source
+    return "\n".join(kernel_for(module, dtype, CAPABILITIES[target], name).source
+                     for name in native_kernel_names(module))
 
 
 def _check_platform(target: str) -> None:
@@ -63,18 +73,21 @@ class NativeExecutor(JaxExecutor):
         super().__init__(spec, module_for)
         self.caps = CAPABILITIES[target]
         self._binaries = dict(binaries or {})
-        self.kernels: dict[str, tuple[NativeKernel, ffi.Kernel]] = {}
+        self.kernels: dict[str, dict[str, tuple[NativeKernel, ffi.Kernel]]] = {}
 
     def module(self, dtype: str) -> Module:
         module = super().module(dtype)
         if dtype not in self.kernels:
-            native = kernel_for(module, dtype, self.caps)
-            self.kernels[dtype] = (native, self._build(native, dtype))
+            built = {}
+            for name in native_kernel_names(module):
+                native = kernel_for(module, dtype, self.caps, name)
+                built[name] = (native, self._build(native, f"{name}.{dtype}"))
+            self.kernels[dtype] = built
         return module
 
-    def _build(self, native: NativeKernel, dtype: str) -> ffi.Kernel:
+    def _build(self, native: NativeKernel, key: str) -> ffi.Kernel:
         platform = self.caps.platform
-        lib = self._binaries.get(dtype)
+        lib = self._binaries.get(key)
         if lib is None:
             compile_fn = toolchain.compile_host if platform == "cpu" else toolchain.compile_cuda
             lib = compile_fn(native.source)
@@ -83,23 +96,29 @@ class NativeExecutor(JaxExecutor):
         return ffi.Kernel(native.ctx, platform, name, Path(lib), native.source)
 
     def _runner_for(self, dtype: str):
-        native, kernel = self.kernels[dtype]
-        rendered = native.rendered
-        written = [r.name for r in rendered.roles if r.written]
+        kernels = self.kernels[dtype]
+        step = self.caps.tensors_per_call
 
         def run(fn, env, n_tensors):
-            if fn.attr("kind") != "elementwise":
-                return None
-            scalars = (jnp.stack([jnp.asarray(env[k]).astype(jnp.float32) for k in rendered.scalars])
-                       if rendered.scalars else jnp.zeros((1,), jnp.float32))
-            pertensor = (jnp.stack([jnp.asarray(env[k]).astype(jnp.float32) for k in rendered.pertensor], axis=1)
-                         if rendered.pertensor else jnp.zeros((n_tensors, 0), jnp.float32))
+            if fn.name not in kernels:
+                return None  # scalar kernels: JAX
+            native, kernel = kernels[fn.name]
+            r = native.rendered
+            scalars = (jnp.stack([jnp.asarray(env[k]).astype(jnp.float32) for k in r.scalars])
+                       if r.scalars else jnp.zeros((1,), jnp.float32))
+            pertensor = (jnp.stack([jnp.asarray(env[k]).astype(jnp.float32) for k in r.pertensor], axis=1)
+                         if r.pertensor else jnp.zeros((n_tensors, 0), jnp.float32))
+            read = [role.name for role in r.roles if role.read]
+            parts = [([env[name][a:a + step] for name in read], pertensor[a:a + step])
+                     for a in range(0, n_tensors, step)]
+            if r.outputs:  # a reduction: f32 sums per tensor, rounded once to the IR dtype
+                sums = jnp.concatenate([ffi.call_reduce(kernel, scalars, ins, pt) for ins, pt in parts])
+                return {name: sums[:, j].astype(numpy_dtype(node.dtype))
+                        for j, (name, node) in enumerate(fn.outputs)}
+            written = [role.name for role in r.roles if role.written]
             outs: list[list] = [[] for _ in written]
-            step = self.caps.tensors_per_call
-            for a in range(0, n_tensors, step):
-                part = ffi.call(kernel, scalars, [env[r.name][a:a + step] for r in rendered.roles],
-                                pertensor[a:a + step])
-                for o, values in enumerate(part):
+            for ins, pt in parts:
+                for o, values in enumerate(ffi.call(kernel, scalars, ins, pt)):
                     outs[o].extend(values)
             return dict(zip(written, outs))
 
@@ -124,9 +143,12 @@ def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, .
     binaries: dict[str, bytes] = {}
 
     def extra_files(dtype: str, module: Module) -> dict[str, bytes]:
-        native = kernel_for(module, dtype, caps)
-        binaries[f"kernel.{dtype}.so"] = Path(compile_fn(native.source)).read_bytes()
-        return {f"kernel.{dtype}.{SOURCE_SUFFIX[target]}": native.source.encode()}
+        files = {}
+        for name in native_kernel_names(module):
+            native = kernel_for(module, dtype, caps, name)
+            binaries[f"{name}.{dtype}.so"] = Path(compile_fn(native.source)).read_bytes()
+            files[f"{name}.{dtype}.{SOURCE_SUFFIX[target]}"] = native.source.encode()
+        return files
 
     build_info = {"compiler": {"kind": compiler.kind, "version": toolchain.compiler_version(compiler.kind),
                              "flags": list(toolchain.host_flags() if target == "cpu" else toolchain.cuda_flags())},
@@ -146,13 +168,12 @@ def load_native_executor(spec, module_for, path: Path, manifest: dict) -> Native
     for name, digest in listed.items():
         lib = path / name
         if lib.is_file() and _sha256(lib.read_bytes()) == digest:
-            binaries[name.split(".")[1]] = lib
+            binaries[name.removesuffix(".so")] = lib
     executor = NativeExecutor(spec, module_for, target, binaries)
     for dtype in manifest["dtypes"]:
-        module = executor.module(dtype)
-        native, _ = executor.kernels[dtype]
-        shipped = (path / f"kernel.{dtype}.{SOURCE_SUFFIX[target]}").read_text()
-        if shipped != native.source:
-            raise ValueError(f"{path}: kernel.{dtype} source does not match its kernels IR; rebuild the artifact")
-        del module
+        executor.module(dtype)
+        for name, (native, _) in executor.kernels[dtype].items():
+            shipped = (path / f"{name}.{dtype}.{SOURCE_SUFFIX[target]}").read_text()
+            if shipped != native.source:
+                raise ValueError(f"{path}: {name}.{dtype} source does not match its kernels IR; rebuild the artifact")
     return executor

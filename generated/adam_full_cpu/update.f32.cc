@@ -113,6 +113,7 @@ ADAMGEN_HD int adamgen_mod(int a, int b) {
 constexpr int kRoles = 7;
 constexpr int kScalars = 7;
 constexpr int kPerTensor = 0;
+constexpr int kReduce = 0;  // reduce kernels: x[kRoles - kReduce + j] is summed per tensor
 // Per role: index among the per-tensor inputs / outputs of the FFI call, -1 when absent.
 constexpr int kRoleArg[kRoles] = { 0, 1, 2, 3, 4, 5, 6 };
 constexpr int kRoleRet[kRoles] = { 0, -1, 1, 2, 3, 4, 5 };
@@ -226,7 +227,8 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
   if (args.size() % kNumIn != 0)
     return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: tensor inputs not a multiple of 7");
   const std::size_t T = args.size() / kNumIn;
-  if (rets.size() != T * kNumOut)
+  // an update returns its written roles; a reduction returns one f32[T * kReduce] buffer
+  if (rets.size() != T * kNumOut + (kReduce > 0 ? 1 : 0))
     return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: expected 6 outputs per tensor");
   if (pertensor.element_type() != xla::ffi::F32 ||
       pertensor.element_count() < T * static_cast<std::size_t>(kPerTensor))
@@ -235,6 +237,7 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
   table.size.assign(T, -1);
   for (std::size_t t = 0; t < T; ++t) {
     for (int r = 0; r < kRoles; ++r) {
+      if (kRoleArg[r] < 0 && kRoleRet[r] < 0) continue;  // a reduced value: no buffer
       void* in = nullptr;
       void* out = nullptr;
       std::int64_t n = -1;
