@@ -83,7 +83,8 @@ def export_flat_step(spec, module: Module, dtype: str) -> bytes:
 
 def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = ("f32",),
                    extra_files: Callable[[str, Module], dict[str, bytes]] | None = None,
-                   build_info: dict | None = None, binaries: dict[str, bytes] | None = None) -> Path:
+                   build_info: dict | None = None, binaries: dict[str, bytes] | None = None,
+                   manifest_extra: dict | None = None) -> Path:
     """Compile `spec` for each dtype and write the artifact directory atomically."""
     import adamgen
     from adamgen.backends.jax import emit_jaxpr
@@ -109,6 +110,7 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
         "spec": json.loads(spec.to_json()),
         "spec_hash": spec.content_hash(),
         "versions": {"adamgen": adamgen.__version__, "jax": jax.__version__},
+        **(manifest_extra or {}),
         "files": {k: _sha256(v) for k, v in sorted(files.items())},
     }
     files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()

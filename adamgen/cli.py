@@ -74,6 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adamgen", description="Compile a Keras-style Adam step into fused kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="compile a spec into an artifact directory (or print one stage)")
+    _add_spec_flags(b)
+    b.add_argument("--dtype", action="append", choices=PARAM_DTYPES, default=None,
+                   help="param dtype to build for; repeat for several (default f32)")
+    b.add_argument("-o", "--output", type=Path, default=None, help="artifact directory (default generated/<name>)")
+    b.add_argument("--emit", choices=sorted(EMIT_NAMES), default=None,
+                   help="print this stage to stdout instead of writing an artifact: spec, ir, ir-opt, kernels, "
+                        "jax (jaxpr), cpp (host C++), cuda (CUDA C++)")
+    b.add_argument("--tune", action="store_true", help="tune the native kernel knobs on this machine first (cached)")
+    t = sub.add_parser("tune", help="search the target's kernel knobs on this machine and cache the best")
+    _add_spec_flags(t)
+    t.add_argument("--dtype", choices=PARAM_DTYPES, default="f32", help="param dtype (default f32)")
+    t.add_argument("--params", type=int, default=1 << 22, help="representative model size (picks the size bucket)")
+    t.add_argument("--cache", type=Path, default=None, help="tuning cache file (default: user cache dir)")
+    d = sub.add_parser("demo", help="build an artifact, load it in a fresh process and train a small model")
+    d.add_argument("--target", choices=TARGETS, default="jax", help="target to demo (default jax)")
+    d.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    return parser
+
+
+def _add_spec_flags(b: argparse.ArgumentParser) -> None:
     for flag, dest, typ, help_ in SPEC_FLAGS:
         b.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
     b.add_argument("--amsgrad", action="store_true", default=None, help="use the AMSGrad variant")
@@ -84,16 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--from-keras-config", type=Path, default=None, metavar="FILE",
                    help="read the spec from a Keras get_config() / serialize() JSON file; other spec flags override it")
     b.add_argument("--target", choices=TARGETS, default="jax", help="what to compile for (default jax)")
-    b.add_argument("--dtype", action="append", choices=PARAM_DTYPES, default=None,
-                   help="param dtype to build for; repeat for several (default f32)")
-    b.add_argument("-o", "--output", type=Path, default=None, help="artifact directory (default generated/<name>)")
-    b.add_argument("--emit", choices=sorted(EMIT_NAMES), default=None,
-                   help="print this stage to stdout instead of writing an artifact: spec, ir, ir-opt, kernels, "
-                        "jax (jaxpr), cpp (host C++), cuda (CUDA C++)")
-    d = sub.add_parser("demo", help="build an artifact, load it in a fresh process and train a small model")
-    d.add_argument("--target", choices=TARGETS, default="jax", help="target to demo (default jax)")
-    d.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
-    return parser
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -148,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"adamgen: error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "tune":
+        return _tune(spec, args)
     dtypes = tuple(dict.fromkeys(args.dtype or ["f32"]))
     if args.emit is not None:
         sys.stdout.write(emit(args.emit, spec, args.target, dtypes[0]))
@@ -159,8 +171,22 @@ def main(argv: list[str] | None = None) -> int:
         write_artifact(spec, "jax", out, dtypes)
     else:
         from adamgen.backends.native import write_native_artifact
-        write_native_artifact(spec, args.target, out, dtypes)
+        from adamgen.backends.cpp import CAPABILITIES
+        caps, record = CAPABILITIES[args.target], None
+        if args.tune:
+            from adamgen.tune import tune
+            result = tune(spec, args.target, dtypes[0])
+            caps, record = result.config.apply(caps), result.record()
+        write_native_artifact(spec, args.target, out, dtypes, caps=caps, tune_record=record)
     print(out)
+    return 0
+
+
+def _tune(spec, args: argparse.Namespace) -> int:
+    from adamgen.tune import tune
+
+    result = tune(spec, args.target, args.dtype, args.params, cache_file=args.cache)
+    print(json.dumps(result.record(), indent=2))
     return 0
 
 

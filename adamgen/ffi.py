@@ -175,8 +175,8 @@ def register(lib_path: Path, symbol: str, name: str, platform: str) -> None:
     if platform not in JAX_PLATFORM:
         raise ValueError(f"unknown platform {platform!r}; allowed: {sorted(JAX_PLATFORM)}")
     if name in _REGISTERED:
-        if _REGISTERED[name][0] != Path(lib_path):
-            raise ValueError(f"FFI target {name!r} is already registered from another library")
+        # The name carries the source hash: another library with this name was built from the
+        # same source (e.g. an artifact's copy of a cached build), so the handler is the same.
         return
     lib = ctypes.CDLL(str(lib_path))
     handler = getattr(lib, _check_ident(symbol, "symbol"))

@@ -31,6 +31,7 @@ class Capabilities:
     # custom call (measured on CPU: 4000 operands 80 s, 40 calls of 100 operands 1.3 s), so a
     # large tree is updated by a few calls of this many tensors each.
     tensors_per_call: int = 32
+    block_threads: int = 256     # CUDA threads per block (the host flavour ignores it)
 
 
 HOST = Capabilities(platform="cpu", fma=False, vector_bytes=32, chunk_elems=65536)

@@ -9,7 +9,7 @@ templates, compiled ahead of time (toolchain.py) and registered with XLA (ffi.py
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +39,7 @@ def kernel_for(module: Module, dtype: str, caps: Capabilities, name: str = "upda
     rendered = (render_reduce if reduce else render_elementwise)(fn, dtype)
     ctx = ffi.make_context(f"adamgen_{name}_{dtype}", rendered.roles, len(rendered.scalars), rendered.body,
                            n_pertensor=len(rendered.pertensor), n_reduce=len(rendered.outputs),
-                           chunk_elems=caps.chunk_elems)
+                           chunk_elems=caps.chunk_elems, block_threads=caps.block_threads)
     return NativeKernel(rendered, ctx, ffi.render(ctx, caps.platform))
 
 
@@ -66,12 +66,12 @@ class NativeExecutor(JaxExecutor):
     """The JAX executor with the elementwise kernel replaced by the native custom call."""
 
     def __init__(self, spec, module_for: Callable[[str], Module], target: str,
-                 binaries: dict[str, Path] | None = None) -> None:
+                 binaries: dict[str, Path] | None = None, caps: Capabilities | None = None) -> None:
         if target not in CAPABILITIES:
             raise ValueError(f"native target must be one of {sorted(CAPABILITIES)}, got {target!r}")
         _check_platform(target)
         super().__init__(spec, module_for)
-        self.caps = CAPABILITIES[target]
+        self.caps = caps or CAPABILITIES[target]
         self._binaries = dict(binaries or {})
         self.kernels: dict[str, dict[str, tuple[NativeKernel, ffi.Kernel]]] = {}
 
@@ -129,7 +129,8 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...]) -> Path:
+def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...],
+                          caps: Capabilities | None = None, tune_record: dict | None = None) -> Path:
     """An artifact whose kernels are native: rendered source + compiled library per dtype.
 
     The libraries and the compiler that built them are recorded in build.json (machine-specific);
@@ -137,7 +138,7 @@ def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, .
     """
     from adamgen.aot import write_artifact
 
-    caps = CAPABILITIES[target]
+    caps = caps or CAPABILITIES[target]
     compiler = toolchain.find_host_compiler() if target == "cpu" else toolchain.find_cuda_compiler()
     compile_fn = toolchain.compile_host if target == "cpu" else toolchain.compile_cuda
     binaries: dict[str, bytes] = {}
@@ -152,9 +153,12 @@ def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, .
 
     build_info = {"compiler": {"kind": compiler.kind, "version": toolchain.compiler_version(compiler.kind),
                              "flags": list(toolchain.host_flags() if target == "cpu" else toolchain.cuda_flags())},
-                "capabilities": {"fma": caps.fma, "vector_bytes": caps.vector_bytes, "chunk_elems": caps.chunk_elems}}
+                "tune": tune_record or {"status": "untuned", "reason": "built without --tune: documented defaults"}}
+    # The kernel knobs shape the source, so they are part of the reproducible manifest.
+    knobs = {"capabilities": {"fma": caps.fma, "vector_bytes": caps.vector_bytes, "chunk_elems": caps.chunk_elems,
+                              "tensors_per_call": caps.tensors_per_call, "block_threads": caps.block_threads}}
     return write_artifact(spec, target, out_dir, dtypes, extra_files=extra_files, build_info=build_info,
-                          binaries=binaries)
+                          binaries=binaries, manifest_extra=knobs)
 
 
 def load_native_executor(spec, module_for, path: Path, manifest: dict) -> NativeExecutor:
@@ -169,7 +173,12 @@ def load_native_executor(spec, module_for, path: Path, manifest: dict) -> Native
         lib = path / name
         if lib.is_file() and _sha256(lib.read_bytes()) == digest:
             binaries[name.removesuffix(".so")] = lib
-    executor = NativeExecutor(spec, module_for, target, binaries)
+    caps = CAPABILITIES[target]
+    knobs = manifest.get("capabilities", {})
+    for key in ("chunk_elems", "tensors_per_call", "block_threads"):
+        if key in knobs:
+            caps = replace(caps, **{key: int(knobs[key])})
+    executor = NativeExecutor(spec, module_for, target, binaries, caps)
     for dtype in manifest["dtypes"]:
         executor.module(dtype)
         for name, (native, _) in executor.kernels[dtype].items():

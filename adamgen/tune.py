@@ -1,0 +1,204 @@
+"""Auto-tuning of the native kernels' knobs, with a persistent cache.
+
+A choice is a frozen `TuneConfig`; it is applied to a target's `Capabilities` and recorded in
+the artifact. Tuning times every candidate on scratch arrays (never the caller's state) at
+representative sizes and keeps the fastest. The cache (a JSON file in the user cache dir, or
+an explicit path) is keyed by everything that changes the answer: the hardware fingerprint,
+compiler and library versions, the kernel source of the default config, the dtype and the size
+bucket. A corrupt cache is ignored with a warning and rewritten. Without a device for the
+target the documented defaults are used and marked "untuned".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from adamgen import toolchain
+from adamgen.backends.cpp import CAPABILITIES, Capabilities
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The knobs a search may set; anything left None keeps the target's default."""
+
+    chunk_elems: int | None = None
+    tensors_per_call: int | None = None
+    block_threads: int | None = None
+
+    def apply(self, caps: Capabilities) -> Capabilities:
+        return replace(caps, **{k: v for k, v in asdict(self).items() if v is not None})
+
+
+CANDIDATES: dict[str, list[TuneConfig]] = {
+    "cpu": [TuneConfig(chunk_elems=c, tensors_per_call=t)
+            for c in (16384, 65536, 262144) for t in (16, 32, 64)],
+    "cuda": [TuneConfig(chunk_elems=c, block_threads=b, tensors_per_call=t)
+             for c in (16384, 65536) for b in (128, 256, 512) for t in (32, 64)],
+}
+# Representative workloads: (number of tensors, elements each).
+WORKLOADS = {"small": [(64, 4096)], "large": [(1, 1 << 21), (128, 16384)]}
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    config: TuneConfig
+    status: str                       # "tuned", "cached", "untuned"
+    key: str
+    timings_ms: tuple[tuple[str, float], ...] = ()
+    reason: str = ""
+
+    def record(self) -> dict:
+        return {"status": self.status, "config": asdict(self.config), "key": self.key,
+                "timings_ms": dict(self.timings_ms), "reason": self.reason}
+
+
+def fingerprint(target: str) -> dict:
+    """What identifies the hardware: CPU model and ISA flags, or GPU name / capability / SMs."""
+    if target == "cuda":
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if not gpus:
+            return {"gpu": None}
+        d = gpus[0]
+        return {"gpu": d.device_kind, "compute_capability": getattr(d, "compute_capability", None),
+                "sm_count": getattr(d, "core_count", None)}
+    model, flags = platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = hashlib.sha256(line.encode()).hexdigest()[:12]
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "isa_flags": flags, "cores": os.cpu_count()}
+
+
+def size_bucket(n_params: int) -> str:
+    return "small" if n_params < (1 << 20) else "large"
+
+
+def cache_key(target: str, dtype: str, bucket: str, source_hash: str) -> str:
+    kind = "host" if target == "cpu" else "cuda"
+    parts = {"fingerprint": fingerprint(target), "compiler": toolchain.compiler_version(kind),
+             "jax": jax.__version__, "target": target, "dtype": dtype, "bucket": bucket, "source": source_hash}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def default_cache_file() -> Path:
+    return toolchain.default_cache_dir() / "tune.json"
+
+
+def _read_cache(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (ValueError, OSError) as exc:
+        warnings.warn(f"adamgen tune: ignoring corrupt cache {path} ({exc}); it will be rewritten")
+        return {}
+
+
+def _write_cache(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tune.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class Progress:
+    """A one-line progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, total: int, label: str, stream=None) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.stream = stream or sys.stderr
+        self.active = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def step(self, note: str = "") -> None:
+        self.done += 1
+        if not self.active:
+            return
+        width = 30
+        filled = width * self.done // max(self.total, 1)
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {note:<30}")
+        if self.done >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _time_candidate(spec, target: str, dtype: str, caps: Capabilities, workloads, repeats: int) -> float:
+    """Median ms per step over the workloads, on scratch arrays owned by this function."""
+    from adamgen.backends.native import NativeExecutor
+    from adamgen.compiler import kernels_for
+    from adamgen.runtime import Optimizer
+
+    opt = Optimizer(spec, target, NativeExecutor(spec, kernels_for(spec), target, caps=caps), donates=True)
+    rng = np.random.default_rng(0)
+    np_dtype = {"f32": np.float32, "f16": np.float16}.get(dtype, np.float32)
+    total = 0.0
+    for count, size in workloads:
+        params = [jax.device_put(rng.standard_normal(size).astype(np_dtype)) for _ in range(count)]
+        grads = [jax.device_put((rng.standard_normal(size) * 0.1).astype(np_dtype)) for _ in range(count)]
+        state = opt.init(params)
+        params, state = opt.apply(grads, state, params)  # compile + warm up
+        jax.block_until_ready(params)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            params, state = opt.apply(grads, state, params)
+            jax.block_until_ready(params)
+            times.append(time.perf_counter() - t0)
+        total += float(np.median(times)) * 1e3
+    return total
+
+
+def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cache_file: Path | None = None,
+         repeats: int = 7, candidates: list[TuneConfig] | None = None,
+         timer: Callable | None = None) -> TuneResult:
+    """The fastest TuneConfig for `spec` on this machine's `target` (cached)."""
+    if target not in CAPABILITIES:
+        reason = "the jax target has no kernel knobs here (use adamgen.flat for large trees)"
+        return TuneResult(TuneConfig(), "untuned", "", reason=reason)
+    if target == "cuda" and fingerprint("cuda")["gpu"] is None:
+        return TuneResult(TuneConfig(), "untuned", "", reason="no GPU visible to JAX: documented defaults")
+    from adamgen.backends.native import kernel_for
+    from adamgen.compiler import compile_spec
+
+    module = compile_spec(spec, dtype).kernels
+    source_hash = hashlib.sha256(kernel_for(module, dtype, CAPABILITIES[target]).source.encode()).hexdigest()
+    bucket = size_bucket(n_params)
+    key = cache_key(target, dtype, bucket, source_hash)
+    cache_file = cache_file or default_cache_file()
+    cache = _read_cache(cache_file)
+    if key in cache:
+        hit = cache[key]
+        return TuneResult(TuneConfig(**hit["config"]), "cached", key, tuple(hit.get("timings_ms", {}).items()))
+    timer = timer or _time_candidate
+    candidates = candidates or CANDIDATES[target]
+    progress = Progress(len(candidates), f"adamgen tune {target}")
+    timings = []
+    for config in candidates:
+        ms = timer(spec, target, dtype, config.apply(CAPABILITIES[target]), WORKLOADS[bucket], repeats)
+        timings.append((json.dumps(asdict(config), sort_keys=True), ms))
+        progress.step(f"{ms:.2f} ms")
+    best = min(range(len(candidates)), key=lambda i: timings[i][1])
+    result = TuneResult(candidates[best], "tuned", key, tuple(timings))
+    cache[key] = {"config": asdict(result.config), "timings_ms": dict(timings)}
+    _write_cache(cache_file, cache)
+    return result

@@ -1,0 +1,82 @@
+"""Auto-tuning: selection, the persistent cache and its key, corrupt caches, untuned defaults."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import adamgen
+from adamgen import tune as T
+from adamgen.backends.cpp import CAPABILITIES
+from adamgen.cli import main
+
+SPEC = adamgen.AdamSpec(amsgrad=True)
+
+
+def fake_timer(calls):
+    def timer(spec, target, dtype, caps, workloads, repeats):
+        calls.append(caps)
+        return abs(caps.chunk_elems - 65536) / 1000 + caps.tensors_per_call / 100  # best: 65536, 16
+    return timer
+
+
+def test_tune_picks_the_fastest_and_caches_it(tmp_path):
+    calls = []
+    cache = tmp_path / "tune.json"
+    first = T.tune(SPEC, "cpu", cache_file=cache, timer=fake_timer(calls))
+    assert first.status == "tuned"
+    assert first.config == T.TuneConfig(chunk_elems=65536, tensors_per_call=16)
+    assert len(calls) == len(T.CANDIDATES["cpu"])
+    second = T.tune(SPEC, "cpu", cache_file=cache, timer=fake_timer(calls))
+    assert second.status == "cached" and second.config == first.config and second.key == first.key
+    assert len(calls) == len(T.CANDIDATES["cpu"])  # no new timing
+    assert json.loads(cache.read_text())[first.key]["config"]["chunk_elems"] == 65536
+
+
+def test_cache_key_covers_dtype_bucket_and_kernel_source(tmp_path):
+    cache = tmp_path / "tune.json"
+    keys = {T.tune(SPEC, "cpu", dtype, n, cache_file=cache, timer=fake_timer([])).key
+            for dtype, n in [("f32", 10), ("f16", 10), ("f32", 1 << 24)]}
+    keys.add(T.tune(adamgen.AdamSpec(), "cpu", cache_file=cache, timer=fake_timer([])).key)
+    assert len(keys) == 4
+
+
+def test_corrupt_cache_is_ignored_with_a_warning_and_rewritten(tmp_path):
+    cache = tmp_path / "tune.json"
+    cache.write_text("{not json")
+    with pytest.warns(UserWarning, match="corrupt cache"):
+        result = T.tune(SPEC, "cpu", cache_file=cache, timer=fake_timer([]))
+    assert result.key in json.loads(cache.read_text())
+
+
+def test_untuned_defaults_without_a_device_or_knobs():
+    assert T.tune(SPEC, "jax").status == "untuned"
+    if T.fingerprint("cuda")["gpu"] is None:
+        res = T.tune(SPEC, "cuda")
+        assert res.status == "untuned" and "no GPU" in res.reason
+
+
+def test_config_applies_only_what_it_sets():
+    caps = T.TuneConfig(chunk_elems=16384).apply(CAPABILITIES["cpu"])
+    assert caps.chunk_elems == 16384 and caps.tensors_per_call == CAPABILITIES["cpu"].tensors_per_call
+
+
+def test_real_timing_on_scratch_arrays(tmp_path):
+    """Two real candidates, timed on scratch arrays; the result is a usable config."""
+    cands = [T.TuneConfig(chunk_elems=16384), T.TuneConfig(chunk_elems=65536)]
+    res = T.tune(SPEC, "cpu", n_params=1000, cache_file=tmp_path / "t.json", candidates=cands, repeats=2)
+    assert res.status == "tuned" and res.config in cands
+    assert all(ms > 0 for _, ms in res.timings_ms)
+
+
+def test_build_tune_records_the_choice(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "_time_candidate", fake_timer([]))
+    monkeypatch.setattr(T, "default_cache_file", lambda: tmp_path / "tune.json")
+    out = tmp_path / "adam_tuned_cpu"
+    assert main(["build", "--amsgrad", "--target", "cpu", "--tune", "-o", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    build = json.loads((out / "build.json").read_text())
+    assert manifest["capabilities"]["chunk_elems"] == 65536 and manifest["capabilities"]["tensors_per_call"] == 16
+    assert build["tune"]["status"] == "tuned"
+    opt = adamgen.load(out)
+    assert opt.apply is not None
