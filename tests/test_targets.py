@@ -91,19 +91,23 @@ def test_interpreter_matches_oracle_after_every_pass(config):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
 def test_jax_target_matches_oracle(config):
+    # Under jit XLA may contract a*b+c into an FMA (semantics page §10), so a few ulp apart.
+    _target_matches_oracle(config, "jax")
+
+
+def _target_matches_oracle(config, target):
     spec = adamgen.AdamSpec(**config["kw"])
     params, grads_seq = data(config)
     want_p, want_s = oracle_run(spec, params, grads_seq)
-    opt = adamgen.build(spec, target="jax")
+    opt = adamgen.build(spec, target=target)
     p = [np.array(x) for x in params]
     state = opt.init(p)
     for grads in grads_seq:
         p, state = opt.apply(grads, state, p)
     tol = tolerance(config["dtype"])
-    # Under jit XLA may contract a*b+c into an FMA (semantics page §10), so a few ulp apart.
-    _compare(p, want_p, False, tol, "jax param", start=params)
+    _compare(p, want_p, False, tol, f"{target} param", start=params)
     for slot in slots_for(spec):
-        _compare(getattr(state, FIELDS[slot]), getattr(want_s, FIELDS[slot]), False, tol, f"jax {slot}")
+        _compare(getattr(state, FIELDS[slot]), getattr(want_s, FIELDS[slot]), False, tol, f"{target} {slot}")
     assert int(state.iterations) == int(want_s.iterations)
 
 
@@ -148,19 +152,7 @@ def test_jax_target_matches_real_keras(config):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
 def test_cpu_target_matches_oracle(config):
-    """The native host kernel (the CUDA kernel's element body, compiled for the CPU)."""
-    spec = adamgen.AdamSpec(**config["kw"])
-    params, grads_seq = data(config)
-    want_p, want_s = oracle_run(spec, params, grads_seq)
-    opt = adamgen.build(spec, target="cpu")
-    p = [np.array(x) for x in params]
-    state = opt.init(p)
-    for grads in grads_seq:
-        p, state = opt.apply(grads, state, p)
-    # The element body is op-for-op the IR with no FMA (-ffp-contract=off); the scalar kernels
-    # run under XLA's jit, which may contract, so compare with the JAX tolerance.
-    tol = tolerance(config["dtype"])
-    _compare(p, want_p, False, tol, "cpu param", start=params)
-    for slot in slots_for(spec):
-        _compare(getattr(state, FIELDS[slot]), getattr(want_s, FIELDS[slot]), False, tol, f"cpu {slot}")
-    assert int(state.iterations) == int(want_s.iterations)
+    """The native host kernel (the CUDA kernel's element body, compiled for the CPU). The body is
+    op-for-op the IR with no FMA (-ffp-contract=off); the scalar kernels run under XLA's jit,
+    which may contract, so compare with the JAX tolerance."""
+    _target_matches_oracle(config, "cpu")
