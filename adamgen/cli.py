@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=PARAM_DTYPES, default="f32", help="param dtype (default f32)")
     t.add_argument("--params", type=int, default=1 << 22, help="representative model size (picks the size bucket)")
     t.add_argument("--cache", type=Path, default=None, help="tuning cache file (default: user cache dir)")
+    bn = sub.add_parser("bench", help="run the benchmark suite of a source checkout (bench/bench_adam.py)")
+    bn.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/bench_adam.py, e.g. --quick")
     d = sub.add_parser("demo", help="build an artifact, load it in a fresh process and train a small model")
     d.add_argument("--target", choices=TARGETS, default="jax", help="target to demo (default jax)")
     d.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
@@ -148,6 +150,9 @@ def emit(stage_name: str, spec, target: str, dtype: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark script
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from adamgen.demo import run_demo
@@ -180,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
         write_native_artifact(spec, args.target, out, dtypes, caps=caps, tune_record=record)
     print(out)
     return 0
+
+
+def _bench(bench_args: list[str]) -> int:
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "bench_adam.py"
+    if not script.is_file():
+        print("adamgen: error: the benchmark suite ships with the source checkout (bench/bench_adam.py); "
+              "install adamgen from a clone with `pip install -e .`", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(script), *bench_args])
 
 
 def _tune(spec, args: argparse.Namespace) -> int:

@@ -180,3 +180,8 @@ def test_cpu_artifact_loads_in_a_fresh_process(tmp_path, drop_binary):
 def test_emit_native_source(stage, needle, capsys):
     assert main(["build", "--amsgrad", "--emit", stage]) == 0
     assert needle in capsys.readouterr().out
+
+
+def test_bench_command_passes_its_arguments_to_the_suite():
+    res = subprocess.run([sys.executable, "-m", "adamgen", "bench", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0 and "--quick" in res.stdout and "--workloads" in res.stdout
