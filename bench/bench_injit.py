@@ -1,0 +1,124 @@
+"""The optimizer step called on its own vs inside the caller's jit, on a 1000-tensor tree.
+
+    python bench/bench_injit.py [--tensors 1000] [--params 10000000] [--k 5]
+
+Called on its own, every apply crosses the JAX dispatch boundary with ~4000 arrays (params,
+grads, two slots), which costs ~7-10 us per array on this CPU before any math runs. Inside the
+caller's jitted train step (how a training loop runs it) that cost is paid once per train step.
+This runs, interleaved and in one process: the C floor on the same bytes, adamgen cpu and jax
+targets per call, the same inside a jit of K unrolled steps (time / K), and optax per call.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import adamgen  # noqa: E402
+from adam_peers import LR, floor_lib  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tensors", type=int, default=1000)
+    ap.add_argument("--params", type=int, default=10_000_000)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=9)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(2, 18, args.tensors).astype(float)
+    sizes = np.maximum(1, (sizes * args.params / sizes.sum()).astype(int))
+    n = int(sizes.sum())
+    host = [rng.standard_normal(int(s)).astype(np.float32) for s in sizes]
+    grads = [jax.device_put((rng.standard_normal(int(s)) * 0.1).astype(np.float32)) for s in sizes]
+
+    # C floor: the same bytes in one flat in-place loop (28 B/param)
+    lib = floor_lib()
+    fp = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
+    flat = [np.concatenate(host), np.concatenate([np.asarray(g) for g in grads]), np.zeros(n, np.float32),
+            np.zeros(n, np.float32)]
+    floor_fn = lib.floor_adam_step if hasattr(lib, "floor_adam_step") else lib.plain_adam_step
+
+    def floor_step():
+        floor_fn(*(fp(a) for a in flat), n, LR)
+
+    cands = {"C floor": floor_step}
+    for target in ("cpu", "jax"):
+        opt = adamgen.build(adamgen.AdamSpec(), target)
+        box = {"p": [jax.device_put(h.copy()) for h in host]}
+        box["s"] = opt.init(box["p"])
+
+        def per_call(opt=opt, box=box):
+            box["p"], box["s"] = opt.apply(grads, box["s"], box["p"])
+            jax.block_until_ready(box["p"])
+
+        def multi(p, s, g, opt=opt):
+            for _ in range(args.k):
+                p, s = opt.apply(g, s, p)
+            return p, s
+
+        jitted = jax.jit(multi, donate_argnums=(0, 1))
+        box2 = {"p": [jax.device_put(h.copy()) for h in host]}
+        box2["s"] = opt.init(box2["p"])
+        t0 = time.perf_counter()
+        box2["p"], box2["s"] = jitted(box2["p"], box2["s"], grads)
+        jax.block_until_ready(box2["p"])
+        print(f"adamgen {target}: compile of {args.k} unrolled steps in one jit {time.perf_counter() - t0:.1f} s")
+
+        def in_jit(box2=box2, jitted=jitted):
+            box2["p"], box2["s"] = jitted(box2["p"], box2["s"], grads)
+            jax.block_until_ready(box2["p"])
+
+        per_call()
+        cands[f"adamgen {target}, per call"] = per_call
+        cands[f"adamgen {target}, in caller's jit (/{args.k})"] = in_jit
+
+    import optax
+    tx = optax.adam(LR)
+    obox = {"p": [jax.device_put(h.copy()) for h in host]}
+    obox["s"] = tx.init(obox["p"])
+
+    @jax.jit
+    def ostep(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+    ostep = jax.jit(ostep.__wrapped__ if hasattr(ostep, "__wrapped__") else ostep, donate_argnums=(0, 1))
+    t0 = time.perf_counter()
+    obox["p"], obox["s"] = ostep(obox["p"], obox["s"], grads)
+    jax.block_until_ready(obox["p"])
+    print(f"optax: first step (compile) {time.perf_counter() - t0:.1f} s")
+
+    def optax_step():
+        obox["p"], obox["s"] = ostep(obox["p"], obox["s"], grads)
+        jax.block_until_ready(obox["p"])
+    cands["optax jit+donate, per call"] = optax_step
+
+    times = {k: [] for k in cands}
+    order = list(cands)
+    for r in range(args.rounds):
+        rng.shuffle(order)
+        for k in order:
+            t0 = time.perf_counter()
+            cands[k]()
+            dt = time.perf_counter() - t0
+            times[k].append(dt / (args.k if "in caller's jit" in k else 1))
+    floor = float(np.median(times["C floor"]))
+    print(f"\n{args.tensors} tensors, {n:,} params, fp32 plain Adam, 28 B/param; medians of {args.rounds} interleaved rounds\n")
+    print("| candidate | ms/step | GB/s | x floor |\n|---|---|---|---|")
+    for k in cands:
+        med = float(np.median(times[k]))
+        print(f"| {k} | {med * 1e3:.2f} | {28 * n / med / 1e9:.1f} | {med / floor:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
