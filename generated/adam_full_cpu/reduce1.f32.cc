@@ -245,18 +245,33 @@ struct Chunk {
   std::int64_t end;
 };
 
+ADAMGEN_HD void add_values(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
+                           const float* __restrict__ pt, float* __restrict__ acc) {
+  float x[kRoles];
+  load_all(AllRoles{}, x, p, i);
+  element(x, s, pt);
+  for (int j = 0; j < kReduce; ++j) acc[j] += x[kFirstSum + j];
+}
+
+// kLanes independent running sums per value (vectorizes without reassociating any one sum),
+// combined in a fixed order at the end: the result does not depend on the thread count.
+constexpr int kLanes = 16;
+
 __attribute__((noinline)) void sum_range(void* const (&p)[kRoles], std::int64_t begin, std::int64_t end,
                                          const float* __restrict__ s, const float* __restrict__ pt,
                                          float* __restrict__ partial) {
-  float acc[kReduce] = {};
-#pragma omp simd reduction(+ : acc[:kReduce])
-  for (std::int64_t i = begin; i < end; ++i) {
-    float x[kRoles];
-    load_all(AllRoles{}, x, p, i);
-    element(x, s, pt);
-    for (int j = 0; j < kReduce; ++j) acc[j] += x[kFirstSum + j];
+  float lanes[kLanes][kReduce] = {};
+  std::int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) add_values(p, i + l, s, pt, lanes[l]);
   }
-  std::copy_n(acc, kReduce, partial);
+  for (; i < end; ++i) add_values(p, i, s, pt, lanes[0]);
+  for (int j = 0; j < kReduce; ++j) {
+    float total = 0.0f;
+    for (int l = 0; l < kLanes; ++l) total += lanes[l][j];
+    partial[j] = total;
+  }
 }
 
 xla::ffi::Error impl(xla::ffi::AnyBuffer scalars, xla::ffi::AnyBuffer pertensor,
