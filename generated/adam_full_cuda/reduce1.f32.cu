@@ -244,18 +244,70 @@ constexpr int kThreads = 256;
 constexpr int kMaxGrid = 1048576;
 constexpr std::size_t kParamBytes = 4000;
 constexpr int kFirstSum = kRoles - kReduce;
+
+}  // namespace adamgen_kernel
+// The chunk table shared by the CUDA update and reduction kernels. One launch covers up to
+// kMaxTensors tensors: their role pointers, sizes and a chunk prefix table travel in a
+// __grid_constant__ kernel-argument struct (copied at launch: no host sync, no device table,
+// safe under CUDA-graph capture). Needs kChunk and kParamBytes defined before inclusion.
+namespace adamgen_kernel {
+
 constexpr int kMaxTensors = static_cast<int>(
     (kParamBytes - 2 * sizeof(std::int32_t)) /
     (kRoles * sizeof(void*) + sizeof(std::int64_t) + 2 * sizeof(std::int32_t)));
 
 struct LaunchArgs {
   void* ptr[kMaxTensors][kRoles];
-  std::int32_t tensor[kMaxTensors];
+  std::int32_t tensor[kMaxTensors];           // index of the tensor in the whole call (per-tensor row)
   std::int64_t size[kMaxTensors];
-  std::int32_t chunk_start[kMaxTensors + 1];
+  std::int32_t chunk_start[kMaxTensors + 1];  // prefix sum of chunk counts
   std::int32_t n_tensors;
 };
 static_assert(sizeof(LaunchArgs) <= kParamBytes, "kernel arguments too large");
+
+struct ChunkRef {
+  int slot;            // tensor slot in this launch
+  std::int64_t begin;  // first element of the chunk
+  std::int64_t n;      // elements in the chunk
+};
+
+// Chunk c of a launch: binary search of the prefix table.
+__device__ __forceinline__ ChunkRef find_chunk(const LaunchArgs& a, std::int32_t c) {
+  int lo = 0;
+  int hi = a.n_tensors - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (a.chunk_start[mid] <= c) lo = mid; else hi = mid - 1;
+  }
+  const std::int64_t begin = static_cast<std::int64_t>(c - a.chunk_start[lo]) * kChunk;
+  return {lo, begin, min(kChunk, a.size[lo] - begin)};
+}
+
+// Fill launch tables from the call's tensors and call `launch(args)` for each full table.
+template <typename Launch>
+xla::ffi::Error for_each_launch(const TensorTable& table, Launch&& launch) {
+  LaunchArgs a{};
+  a.n_tensors = 0;
+  a.chunk_start[0] = 0;
+  for (std::size_t t = 0; t < table.size.size(); ++t) {
+    if (table.size[t] == 0) continue;
+    const std::int64_t chunks = (table.size[t] + kChunk - 1) / kChunk;
+    if (a.n_tensors == kMaxTensors || a.chunk_start[a.n_tensors] + chunks > std::int64_t{2147483647}) {
+      if (xla::ffi::Error err = launch(a); err.failure()) return err;
+      a.n_tensors = 0;
+    }
+    const int j = a.n_tensors;
+    std::copy_n(&table.ptr[t * kRoles], kRoles, a.ptr[j]);
+    a.tensor[j] = static_cast<std::int32_t>(t);
+    a.size[j] = table.size[t];
+    a.chunk_start[j + 1] = static_cast<std::int32_t>(a.chunk_start[j] + chunks);
+    a.n_tensors = j + 1;
+  }
+  return launch(a);
+}
+
+}  // namespace adamgen_kernel
+namespace adamgen_kernel {
 
 __global__ void __launch_bounds__(kThreads)
 multi_tensor_reduce(const __grid_constant__ LaunchArgs a, const float* __restrict__ scalars,
@@ -266,14 +318,10 @@ multi_tensor_reduce(const __grid_constant__ LaunchArgs a, const float* __restric
   for (int k = 0; k < kScalars; ++k) s[k] = __ldg(scalars + k);
   const std::int32_t n_chunks = a.chunk_start[a.n_tensors];
   for (std::int32_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
-    int lo = 0;
-    int hi = a.n_tensors - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (a.chunk_start[mid] <= c) lo = mid; else hi = mid - 1;
-    }
-    const std::int64_t begin = static_cast<std::int64_t>(c - a.chunk_start[lo]) * kChunk;
-    const std::int64_t n = min(kChunk, a.size[lo] - begin);
+    const ChunkRef chunk = find_chunk(a, c);
+    const int lo = chunk.slot;
+    const std::int64_t begin = chunk.begin;
+    const std::int64_t n = chunk.n;
     const float* pt = pertensor + static_cast<std::int64_t>(a.tensor[lo]) * kPerTensor;
     float acc[kReduce] = {};
     for (std::int64_t i = begin + threadIdx.x; i < begin + n; i += kThreads) {
@@ -325,24 +373,7 @@ xla::ffi::Error impl(cudaStream_t stream, xla::ffi::AnyBuffer scalars, xla::ffi:
   if (zero != cudaSuccess) return xla::ffi::Error(xla::ffi::ErrorCode::kInternal, cudaGetErrorString(zero));
   const float* s = static_cast<const float*>(scalars.untyped_data());
   const float* pt = static_cast<const float*>(pertensor.untyped_data());
-  LaunchArgs a{};
-  a.n_tensors = 0;
-  a.chunk_start[0] = 0;
-  for (std::size_t t = 0; t < T; ++t) {
-    if (table.size[t] == 0) continue;
-    const std::int64_t chunks = (table.size[t] + kChunk - 1) / kChunk;
-    if (a.n_tensors == kMaxTensors || a.chunk_start[a.n_tensors] + chunks > std::int64_t{2147483647}) {
-      if (xla::ffi::Error err = launch(stream, a, s, pt, out); err.failure()) return err;
-      a.n_tensors = 0;
-    }
-    const int j = a.n_tensors;
-    std::copy_n(&table.ptr[t * kRoles], kRoles, a.ptr[j]);
-    a.tensor[j] = static_cast<std::int32_t>(t);
-    a.size[j] = table.size[t];
-    a.chunk_start[j + 1] = static_cast<std::int32_t>(a.chunk_start[j] + chunks);
-    a.n_tensors = j + 1;
-  }
-  return launch(stream, a, s, pt, out);
+  return for_each_launch(table, [&](const LaunchArgs& a) { return launch(stream, a, s, pt, out); });
 }
 
 }  // namespace adamgen_kernel
