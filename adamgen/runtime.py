@@ -5,7 +5,6 @@ module does the pytree bookkeeping, evaluates host-side callables, and builds Ad
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Protocol
 
 import jax
@@ -32,17 +31,22 @@ class Executor(Protocol):
              runtime: dict[str, Any]) -> tuple[list, dict[str, list], Any]: ...
 
 
-def runtime_scalars(spec, step: int | None) -> dict[str, np.float32]:
-    """Host-side values of callable hyper-parameters for this call (Keras calls them each use)."""
-    out: dict[str, np.float32] = {}
+def host_callables(spec) -> tuple[tuple[str, Callable], ...]:
+    """The zero-argument callables the host evaluates on every call, by IR input name.
+    A one-argument learning-rate callable is traced with the step inside the computation."""
+    out = []
     for key in scalar_inputs_for(spec):
-        if key == "step":
+        if key == "step" or (key == "lr" and spec.lr_callable_arity == 1):
             continue
-        fn = getattr(spec, "learning_rate" if key == "lr" else key)
-        if key == "lr" and spec.lr_callable_arity == 1:
-            continue  # traced with the step inside the computation
-        out[key] = np.float32(fn())
-    return out
+        out.append((key, getattr(spec, "learning_rate" if key == "lr" else key)))
+    return tuple(out)
+
+
+def runtime_scalars(spec, step: int | None = None,
+                    callables: tuple[tuple[str, Callable], ...] | None = None) -> dict[str, np.float32]:
+    """Host-side values of callable hyper-parameters for this call (Keras calls them each use)."""
+    pairs = host_callables(spec) if callables is None else callables
+    return {key: np.float32(fn()) for key, fn in pairs}
 
 
 class Optimizer:
@@ -59,6 +63,7 @@ class Optimizer:
         self._executor = executor
         self.donates = donates
         self.slots = slots_for(spec)
+        self._callables = host_callables(spec) if getattr(executor, "needs_runtime_scalars", True) else ()
 
     # -- state -----------------------------------------------------------------
     def init(self, params) -> AdamState:
@@ -86,8 +91,7 @@ class Optimizer:
             return params, state
         g_leaves = self._grad_leaves(grads, treedef)
         slot_leaves = {s: treedef.flatten_up_to(getattr(state, SLOT_TO_FIELD[s])) for s in self.slots}
-        needs = getattr(self._executor, "needs_runtime_scalars", True)
-        runtime = runtime_scalars(self.spec, None) if needs else {}
+        runtime = runtime_scalars(self.spec, callables=self._callables) if self._callables else {}
         new_p, new_slots, new_step = self._executor.step(p_leaves, g_leaves, slot_leaves, state.iterations, runtime)
         unflat = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)  # noqa: E731
         fields = {SLOT_TO_FIELD[s]: unflat(new_slots[s]) for s in self.slots}
@@ -125,6 +129,3 @@ class Optimizer:
     def __repr__(self) -> str:
         return f"adamgen.Optimizer(target={self.target!r}, spec={self.spec!r})"
 
-
-def arity(fn: Callable) -> int:
-    return len(inspect.signature(fn).parameters)
