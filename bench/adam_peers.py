@@ -95,19 +95,17 @@ _LIB: ctypes.CDLL | None = None
 
 
 def floor_lib() -> ctypes.CDLL:
-    """bench/floor.c (plain loop, if present) and bench/floor_variants.c in one shared library."""
+    """bench/floor.c (plain loop) and bench/floor_variants.c (full variant) in one shared library."""
     global _LIB
     if _LIB is None:
         out = Path(tempfile.mkdtemp(prefix="adamgen-bench-")) / "floor.so"
-        srcs = [HERE / "floor_variants.c"] + ([HERE / "floor.c"] if (HERE / "floor.c").exists() else [])
+        srcs = [HERE / "floor_variants.c", HERE / "floor.c"]
         # floor.c has a main(): fine in a shared library, never called.
         subprocess.run(["gcc", "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared",
                         "-fPIC", *map(str, srcs), "-o", str(out), "-lm"], check=True)
         lib = ctypes.CDLL(str(out))
         fp, i64, f32 = ctypes.POINTER(ctypes.c_float), ctypes.c_int64, ctypes.c_float
-        for fn in ("plain_adam_step", "floor_adam_step"):
-            if hasattr(lib, fn):
-                getattr(lib, fn).argtypes = [fp, fp, fp, fp, i64, f32]
+        lib.floor_adam_step.argtypes = [fp, fp, fp, fp, i64, f32]
         lib.sum_squares.argtypes, lib.sum_squares.restype = [fp, i64], ctypes.c_double
         lib.full_adam_step.argtypes = [fp, fp, fp, fp, fp, fp, i64, f32, f32, f32]
         _LIB = lib
@@ -119,8 +117,7 @@ class CFloor(Peer):
 
     def init(self) -> None:
         lib = floor_lib()
-        self.src = "bench/floor.c" if hasattr(lib, "floor_adam_step") else "bench/floor_variants.c"
-        self.note = (f"{self.src}, OpenMP, 28 B/param" if self.variant == "plain"
+        self.note = ("bench/floor.c, OpenMP, 28 B/param" if self.variant == "plain"
                      else "bench/floor_variants.c: norm pass + update pass, 48 B/param")
         n = self.wl.n_params
         self.g = self.wl.flat_grads_np()
@@ -128,7 +125,7 @@ class CFloor(Peer):
         self.st = [np.zeros(n, np.float32) for _ in range(OWNED[self.variant] - 1)]
         ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
         self.ptrs = [ptr(self.p), ptr(self.g)] + [ptr(a) for a in self.st]
-        self.fn = lib.floor_adam_step if hasattr(lib, "floor_adam_step") else lib.plain_adam_step
+        self.fn = lib.floor_adam_step
 
     def step(self) -> None:
         lib, n = floor_lib(), self.wl.n_params

@@ -47,7 +47,7 @@ def main() -> None:
     fp = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
     flat = [np.concatenate(host), np.concatenate([np.asarray(g) for g in grads]), np.zeros(n, np.float32),
             np.zeros(n, np.float32)]
-    floor_fn = lib.floor_adam_step if hasattr(lib, "floor_adam_step") else lib.plain_adam_step
+    floor_fn = lib.floor_adam_step
 
     def floor_step():
         floor_fn(*(fp(a) for a in flat), n, LR)

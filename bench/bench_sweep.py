@@ -33,7 +33,7 @@ def candidates(n: int, rng) -> dict:
     g_np = (rng.standard_normal(n) * 0.1).astype(np.float32)
     g = jax.device_put(g_np)
     lib = floor_lib()
-    fn = lib.floor_adam_step if hasattr(lib, "floor_adam_step") else lib.plain_adam_step
+    fn = lib.floor_adam_step
     arrays = [p0.copy(), g_np, np.zeros(n, np.float32), np.zeros(n, np.float32)]
     ptrs = [a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) for a in arrays]
     out = {"C floor": lambda: fn(*ptrs, n, LR)}

@@ -2,26 +2,12 @@
  *
  *   gcc -O3 -march=native -fopenmp -fno-math-errno -shared -fPIC bench/floor_variants.c -o floor.so -lm
  *
- * plain_adam_step: the plain Adam access pattern, 28 B/param (read p, g, m, v; write p, m, v).
- *   Same loop as bench/floor.c's floor_adam_step; used only when bench/floor.c is absent.
  * sum_squares + full_adam_step: the "full variant" (global clipnorm + decoupled weight decay +
  *   AMSGrad + EMA) as two passes: a norm pass that re-reads g (4 B/param), then one update pass
  *   (read p, g, m, v, v_hat, avg; write p, m, v, v_hat, avg: 44 B/param). 48 B/param in all.
  */
 #include <math.h>
 #include <stdint.h>
-
-void plain_adam_step(float* restrict p, const float* restrict g, float* restrict m,
-                     float* restrict v, int64_t n, float alpha) {
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const float mi = m[i] + (g[i] - m[i]) * 0.1f;
-    const float vi = v[i] + (g[i] * g[i] - v[i]) * 0.001f;
-    p[i] = p[i] - (mi * alpha) / (sqrtf(vi) + 1e-7f);
-    m[i] = mi;
-    v[i] = vi;
-  }
-}
 
 double sum_squares(const float* restrict g, int64_t n) {
   double total = 0.0;
