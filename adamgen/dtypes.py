@@ -15,17 +15,17 @@ NUMPY_DTYPES: dict[str, type] = {
 }
 FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
 PARAM_DTYPES = ("f32", "f16", "bf16")
+_BY_NUMPY: dict[np.dtype, str] = {np.dtype(scalar): name for name, scalar in NUMPY_DTYPES.items()}
 
 
 def ir_dtype(dtype) -> str:
     """Map a NumPy/JAX dtype (or an IR name) to its IR name; fail with the allowed values."""
     if isinstance(dtype, str) and dtype in NUMPY_DTYPES:
         return dtype
-    np_dtype = np.dtype(dtype)
-    for name, scalar in NUMPY_DTYPES.items():
-        if np.dtype(scalar) == np_dtype:
-            return name
-    raise ValueError(f"unsupported dtype {dtype!r}; allowed: float32, float16, bfloat16")
+    name = _BY_NUMPY.get(np.dtype(dtype))  # called per leaf on every step: one dict lookup
+    if name is None:
+        raise ValueError(f"unsupported dtype {dtype!r}; allowed: float32, float16, bfloat16")
+    return name
 
 
 def numpy_dtype(name: str) -> np.dtype:

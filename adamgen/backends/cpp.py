@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from adamgen.ffi import STORAGE, RoleSpec
-from adamgen.ir.node import Function, Node
+from adamgen.ir.node import Function, Node, topo_order
 from adamgen.ir.ops import Op
 
 
@@ -161,8 +161,6 @@ def _names(fn: Function, dtype: str) -> tuple[list[Node], list[Node], list[Node]
 def _statements(roots: list[Node], names: dict[str, str], stop: frozenset = frozenset()
                 ) -> tuple[list[str], dict[int, str]]:
     """One `const T vN = expr;` per node reachable from `roots`, operands first."""
-    from adamgen.ir.node import topo_order
-
     body: list[str] = []
     values: dict[int, str] = {}
     for node in topo_order(roots):

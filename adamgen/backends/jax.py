@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adamgen.dtypes import numpy_dtype
+from adamgen.dtypes import ir_dtype, numpy_dtype
 from adamgen.ir.node import Function, Module, Node, function_nodes
 from adamgen.ir.ops import Op
 
@@ -207,7 +207,6 @@ class JaxExecutor:
 
 
 def _group_by_dtype(leaves: list) -> dict[str, list[int]]:
-    from adamgen.dtypes import ir_dtype
     groups: dict[str, list[int]] = {}
     for i, leaf in enumerate(leaves):
         groups.setdefault(ir_dtype(leaf.dtype), []).append(i)
