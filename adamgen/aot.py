@@ -48,14 +48,13 @@ def _sha256(data: bytes) -> str:
 
 def flat_step_fn(spec, module: Module) -> Callable:
     """The step on one flat buffer per slot (T = 1), as a function of named arrays."""
-    from adamgen.backends.jax import run_module
+    from adamgen.backends.jax import run_module, step_inputs
 
     slots = slots_for(spec)
     scalars = [k for k in scalar_inputs_for(spec) if k != "step"]
 
     def step(param, grad, slot_values, step, runtime):
-        inputs = {"param": [param], "grad": [grad.astype(param.dtype)], "step": step, **runtime}
-        inputs.update({k: [v] for k, v in zip(slots, slot_values)})
+        inputs = step_inputs(spec, step, runtime, [param], [grad], {k: [v] for k, v in zip(slots, slot_values)})
         out = run_module(module, inputs, 1)
         return out["param"][0], tuple(out[k][0] for k in slots), out["step"]
 

@@ -13,15 +13,7 @@ import numpy as np
 
 from adamgen.dtypes import ir_dtype
 from adamgen.lower import scalar_inputs_for, slots_for
-from adamgen.state import AdamState
-
-SLOT_TO_FIELD = {
-    "momentum": "momentums",
-    "velocity": "velocities",
-    "velocity_hat": "velocity_hats",
-    "average": "averages",
-    "accumulator": "accumulators",
-}
+from adamgen.state import SLOT_TO_FIELD, AdamState
 
 
 class Executor(Protocol):

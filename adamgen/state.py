@@ -6,7 +6,9 @@ from typing import Any
 
 import jax
 
-SLOT_FIELDS = ("momentums", "velocities", "velocity_hats", "averages", "accumulators")
+# IR slot name -> AdamState field
+SLOT_TO_FIELD = {"momentum": "momentums", "velocity": "velocities", "velocity_hat": "velocity_hats",
+                 "average": "averages", "accumulator": "accumulators"}
 
 
 @jax.tree_util.register_dataclass

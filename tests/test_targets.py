@@ -12,6 +12,7 @@ from adamgen.ir.interp import run_module
 from adamgen.lower import slots_for
 from adamgen.oracle import Oracle
 from adamgen.runtime import runtime_scalars
+from adamgen.state import SLOT_TO_FIELD
 from tests.strategies import configs, data, tolerance
 
 
@@ -23,8 +24,7 @@ def oracle_run(spec, params, grads_seq):
     return params, state
 
 
-FIELDS = {"momentum": "momentums", "velocity": "velocities", "velocity_hat": "velocity_hats",
-          "average": "averages", "accumulator": "accumulators"}
+FIELDS = SLOT_TO_FIELD
 
 
 def interp_run(module, spec, params, grads_seq):

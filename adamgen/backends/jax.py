@@ -190,13 +190,8 @@ class JaxExecutor:
         new_slots = {k: list(v) for k, v in slots.items()}
         new_step = step + 1
         for dtype, idx in _group_by_dtype(params).items():
-            np_dtype = numpy_dtype(dtype)
-            inputs = {"step": step, **runtime,
-                      "param": [params[i] for i in idx],
-                      "grad": [jnp.asarray(grads[i]).astype(np_dtype) for i in idx]}
-            inputs.update({k: [v[i] for i in idx] for k, v in slots.items()})
-            if self.spec.lr_kind == "callable" and getattr(self.spec, "lr_callable_arity", 0) == 1:
-                inputs["lr"] = jnp.asarray(self.spec.learning_rate(step), jnp.float32)
+            inputs = step_inputs(self.spec, step, runtime, [params[i] for i in idx], [grads[i] for i in idx],
+                                 {k: [v[i] for i in idx] for k, v in slots.items()})
             out = run_module(self._modules[dtype], inputs, len(idx), self._runner_for(dtype))
             new_step = out["step"]
             for j, i in enumerate(idx):
@@ -204,6 +199,16 @@ class JaxExecutor:
                 for k in new_slots:
                     new_slots[k][i] = out[k][j]
         return new_params, new_slots, new_step
+
+
+def step_inputs(spec, step, runtime: dict, params: list, grads: list, slots: dict[str, list]) -> dict:
+    """The named inputs of a fused module for one group of same-dtype tensors: grads cast to the
+    param dtype (as Keras casts them), and a one-argument learning-rate callable traced here."""
+    inputs = {"step": step, **runtime, "param": params,
+              "grad": [jnp.asarray(g).astype(p.dtype) for g, p in zip(grads, params)], **slots}
+    if spec.lr_kind == "callable" and spec.lr_callable_arity == 1:
+        inputs["lr"] = jnp.asarray(spec.learning_rate(step), jnp.float32)
+    return inputs
 
 
 def _group_by_dtype(leaves: list) -> dict[str, list[int]]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from adamgen.oracle import Oracle, OracleState
-
-_FIELDS = {"momentum": "momentums", "velocity": "velocities", "velocity_hat": "velocity_hats",
-           "average": "averages", "accumulator": "accumulators"}
+from adamgen.state import SLOT_TO_FIELD as _FIELDS
 
 
 class OracleExecutor:
