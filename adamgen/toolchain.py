@@ -27,7 +27,7 @@ import jax.ffi
 # explicit fmaf() in the body still gives a fused op). -fno-math-errno lets sqrtf vectorize
 # without changing any value. No -ffast-math: it would reassociate.
 HOST_FLAGS: tuple[str, ...] = (
-    "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17",
+    "-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17",
     "-ffp-contract=off", "-fno-math-errno",
 )
 # CUDA: SASS for sm_80 and sm_90, PTX for compute_90 (JIT forward compatibility).

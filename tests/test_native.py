@@ -3,6 +3,7 @@ CUDA compile checks, and (on a GPU machine) the CUDA target itself."""
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -33,18 +34,18 @@ def test_cpp_table_covers_every_op():
     assert set(CPP_EXPR) == set(Op)
 
 
-def _inputs(fn, dtype, rng):
+def _inputs(fn, dtype, rng, shapes=SHAPES):
     """Random values for every input of the update kernel (per-tensor values positive)."""
     dt = numpy_dtype(dtype)
     out = {}
     for node in fn.inputs:
         name, kind = node.attr("name"), node.shape
         if kind == "N":
-            out[name] = [(rng.standard_normal(s) * (0.1 if name != "param" else 1)).astype(dt) for s in SHAPES]
+            out[name] = [(rng.standard_normal(s) * (0.1 if name != "param" else 1)).astype(dt) for s in shapes]
             if name in ("velocity", "velocity_hat"):
                 out[name] = [np.abs(x) for x in out[name]]
         elif kind == "T":
-            out[name] = rng.uniform(0.1, 2, len(SHAPES)).astype(numpy_dtype(node.dtype))
+            out[name] = rng.uniform(0.1, 2, len(shapes)).astype(numpy_dtype(node.dtype))
         elif node.dtype == "bool":
             out[name] = np.bool_(rng.integers(0, 2))
         else:
@@ -76,6 +77,42 @@ def test_host_kernel_bit_exact_against_interpreter(name, dtype):
                 np.testing.assert_array_equal(np.asarray(a).view(np.uint16 if dtype != "f32" else np.uint32),
                                               np.asarray(b).view(np.uint16 if dtype != "f32" else np.uint32),
                                               err_msg=f"{name} {dtype} {key}")
+
+
+BIG_SHAPES = [(200_003,), (3,), (70_000,), (4096,), (1,), (99_999,)]
+
+
+def _bits(x):
+    x = np.asarray(x)
+    return x.view(np.uint32 if x.dtype.itemsize == 4 else np.uint16)
+
+
+@pytest.mark.parametrize("name", ["plain", "full"])
+def test_host_kernel_shares_chunks_across_threads_bit_exact(name):
+    """Tensors split into many chunks, worked on by XLA's thread pool, with two calls in one jit
+    that XLA may run at the same time: every element still equals the interpreter's."""
+    spec = adamgen.AdamSpec(**SPECS[name])
+    module = compile_spec(spec, "f32").kernels
+    fn = module.function("update")
+    native = kernel_for(module, "f32", replace(HOST, chunk_elems=4096))
+    kernel = ffi.build(native.ctx, "cpu")
+    r = native.rendered
+    rng = np.random.default_rng(11)
+    cases = [_inputs(fn, "f32", rng, BIG_SHAPES) for _ in range(2)]
+
+    def args(inputs):
+        scalars = jnp.asarray([np.float32(inputs[k]) for k in r.scalars] or [0.0], jnp.float32)
+        pt = (jnp.stack([jnp.asarray(inputs[k], jnp.float32) for k in r.pertensor], axis=1)
+              if r.pertensor else jnp.zeros((len(BIG_SHAPES), 0), jnp.float32))
+        return scalars, [[jnp.asarray(x) for x in inputs[role.name]] for role in r.roles], pt
+
+    both = jax.jit(lambda a, b: (ffi.call(kernel, *a), ffi.call(kernel, *b)))
+    written = [role.name for role in r.roles if role.written]
+    for inputs, outs in zip(cases, both(args(cases[0]), args(cases[1]))):
+        want = run_function(fn, inputs, len(BIG_SHAPES))
+        for key, values in zip(written, outs):
+            for t, (a, b) in enumerate(zip(values, want[key])):
+                np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=f"{name} {key} tensor {t}")
 
 
 DRIVER = """

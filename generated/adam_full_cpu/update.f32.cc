@@ -269,13 +269,59 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
 }
 
 }  // namespace adamgen_kernel
+// Work sharing on XLA's intra-op thread pool (the threads XLA:CPU runs its own kernels on).
+// The calling thread and up to pool-size - 1 helper tasks claim chunks from one atomic counter.
+// The caller never waits for a helper to start, only for the chunks already claimed to finish,
+// so a busy pool (XLA running other custom calls concurrently), a one-thread pool or a pool that
+// runs tasks inline all give the same result; a helper that starts late finds nothing to claim.
+// A separate OpenMP team would oversubscribe the cores whenever XLA runs calls concurrently.
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <utility>
+
+namespace adamgen_kernel {
+
+// Below this many elements in total a call runs on the calling thread alone: handing chunks to
+// other threads costs more than it saves.
+constexpr std::int64_t kParallelMin = 65536;
+
+template <typename Body>
+struct SharedChunks {
+  SharedChunks(Body b, std::int64_t count) : body(std::move(b)), n(count) {}
+  void work() {
+    for (std::int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < n;
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      body(c);
+      done.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+  Body body;
+  const std::int64_t n;
+  std::atomic<std::int64_t> next{0};
+  std::atomic<std::int64_t> done{0};
+};
+
+// Runs body(c) once for every c in [0, n).
+template <typename Body>
+void parallel_chunks(xla::ffi::ThreadPool& pool, std::int64_t n, std::int64_t total, Body body) {
+  const std::int64_t threads = pool.num_threads();
+  if (n <= 1 || total < kParallelMin || threads <= 1) {
+    for (std::int64_t c = 0; c < n; ++c) body(c);
+    return;
+  }
+  auto shared = std::make_shared<SharedChunks<Body>>(std::move(body), n);
+  const std::int64_t helpers = std::min(threads, n) - 1;
+  for (std::int64_t h = 0; h < helpers; ++h) pool.Schedule([shared] { shared->work(); });
+  shared->work();
+  while (shared->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
+}  // namespace adamgen_kernel
 
 namespace adamgen_kernel {
 
 constexpr std::int64_t kChunk = 65536;
-// Below this many elements in total the step runs on the calling thread: waking the OpenMP team
-// costs more than it saves.
-constexpr std::int64_t kParallelMin = 65536;
 
 struct Chunk {
   std::int64_t tensor;
@@ -290,7 +336,7 @@ __attribute__((noinline)) void run_range(void* const (&p)[kRoles], std::int64_t 
   for (std::int64_t i = begin; i < end; ++i) step_at(p, i, s, pt);
 }
 
-xla::ffi::Error impl(xla::ffi::AnyBuffer scalars, xla::ffi::AnyBuffer pertensor,
+xla::ffi::Error impl(xla::ffi::ThreadPool pool, xla::ffi::AnyBuffer scalars, xla::ffi::AnyBuffer pertensor,
                      xla::ffi::RemainingArgs args, xla::ffi::RemainingRets rets) {
   TensorTable table;
   if (xla::ffi::Error err = collect(scalars, pertensor, args, rets, table); err.failure()) return err;
@@ -304,13 +350,11 @@ xla::ffi::Error impl(xla::ffi::AnyBuffer scalars, xla::ffi::AnyBuffer pertensor,
   }
   float s[kScalars > 0 ? kScalars : 1];
   std::copy_n(static_cast<const float*>(scalars.untyped_data()), kScalars, s);
-  const std::int64_t n_chunks = static_cast<std::int64_t>(chunks.size());
-#pragma omp parallel for schedule(dynamic, 1) if (n_chunks > 1 && total >= kParallelMin)
-  for (std::int64_t c = 0; c < n_chunks; ++c) {
+  parallel_chunks(pool, static_cast<std::int64_t>(chunks.size()), total, [&](std::int64_t c) {
     void* p[kRoles];
     for (int r = 0; r < kRoles; ++r) p[r] = table.ptr[chunks[c].tensor * kRoles + r];
     run_range(p, chunks[c].begin, chunks[c].end, s, pt_all + chunks[c].tensor * kPerTensor);
-  }
+  });
   return xla::ffi::Error::Success();
 }
 
@@ -318,6 +362,7 @@ xla::ffi::Error impl(xla::ffi::AnyBuffer scalars, xla::ffi::AnyBuffer pertensor,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(adamgen_update_f32, adamgen_kernel::impl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
                                   .Arg<xla::ffi::AnyBuffer>()
                                   .Arg<xla::ffi::AnyBuffer>()
                                   .RemainingArgs()
