@@ -83,6 +83,8 @@ class KernelContext:
     compute_ctype: str = "float"
     chunk_elems: int = 65536           # elements per chunk (host and CUDA)
     parallel_min_elems: int = 1 << 16  # host: fewer elements in total run single-threaded
+    max_threads: int = 0               # host: most threads one call uses (0: the whole XLA pool)
+    unroll: int = 1                    # host: element-loop unroll factor
     block_threads: int = 256           # CUDA threads per block
     vec_elems: int = 4                 # CUDA elements per vector access (16 B of f32)
     max_grid: int = 1 << 20            # CUDA grid cap; blocks stride over chunks beyond it
@@ -96,10 +98,13 @@ def _check_ident(name: str, what: str) -> str:
 
 
 def _check_positive(ctx: KernelContext) -> None:
-    for name in ("chunk_elems", "parallel_min_elems", "block_threads", "vec_elems", "max_grid", "launch_param_bytes"):
+    for name in ("chunk_elems", "parallel_min_elems", "unroll", "block_threads", "vec_elems", "max_grid",
+                 "launch_param_bytes"):
         value = getattr(ctx, name)
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(ctx.max_threads, int) or ctx.max_threads < 0:
+        raise ValueError(f"max_threads must be a non-negative int (0: all pool threads), got {ctx.max_threads!r}")
     if ctx.chunk_elems % ctx.vec_elems:
         raise ValueError("chunk_elems must be a multiple of vec_elems (keeps chunks aligned)")
 
@@ -147,7 +152,15 @@ def render(ctx: KernelContext, platform: str) -> str:
     if platform not in TEMPLATES:
         raise ValueError(f"unknown platform {platform!r}; allowed: {sorted(TEMPLATES)}")
     table = REDUCE_TEMPLATES if ctx.n_reduce else TEMPLATES
-    return ENV.get_template(table[platform]).render(**asdict(ctx))
+    return ENV.get_template(table[platform]).render(**asdict(ctx), loop_pragma=loop_pragma(ctx.unroll))
+
+
+def loop_pragma(unroll: int) -> str:
+    """The pragmas before the host element loop. GCC accepts no loop pragma after `omp simd`, so an
+    unrolled loop says `ivdep` (no dependence between iterations: what `omp simd` also asserts)."""
+    if unroll == 1:
+        return '_Pragma("omp simd")'
+    return f'_Pragma("GCC ivdep") _Pragma("GCC unroll {int(unroll)}")'
 
 
 def target_name(ctx: KernelContext, source: str, platform: str) -> str:

@@ -87,14 +87,16 @@ def _bits(x):
     return x.view(np.uint32 if x.dtype.itemsize == 4 else np.uint16)
 
 
+@pytest.mark.parametrize("knobs", [{}, {"threads": 1, "unroll": 4}, {"unroll": 2}], ids=str)
 @pytest.mark.parametrize("name", ["plain", "full"])
-def test_host_kernel_shares_chunks_across_threads_bit_exact(name):
+def test_host_kernel_shares_chunks_across_threads_bit_exact(name, knobs):
     """Tensors split into many chunks, worked on by XLA's thread pool, with two calls in one jit
-    that XLA may run at the same time: every element still equals the interpreter's."""
+    that XLA may run at the same time: every element still equals the interpreter's, for every
+    thread limit and unroll factor the tuner may pick."""
     spec = adamgen.AdamSpec(**SPECS[name])
     module = compile_spec(spec, "f32").kernels
     fn = module.function("update")
-    native = kernel_for(module, "f32", replace(HOST, chunk_elems=4096))
+    native = kernel_for(module, "f32", replace(HOST, chunk_elems=4096, **knobs))
     kernel = ffi.build(native.ctx, "cpu")
     r = native.rendered
     rng = np.random.default_rng(11)

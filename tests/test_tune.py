@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import jax
+import numpy as np
 import pytest
 
 import adamgen
@@ -16,7 +18,9 @@ SPEC = adamgen.AdamSpec(amsgrad=True)
 def fake_timer(calls):
     def timer(spec, target, dtype, caps, workloads, repeats):
         calls.append(caps)
-        return abs(caps.chunk_elems - 65536) / 1000 + caps.tensors_per_call / 100  # best: 65536, 16
+        # best: chunk 16384, 16 tensors per call, unroll 2, all threads
+        return (abs(caps.chunk_elems - 16384) / 1000 + caps.tensors_per_call / 100 + (caps.unroll != 2)
+                + caps.threads)
     return timer
 
 
@@ -25,12 +29,21 @@ def test_tune_picks_the_fastest_and_caches_it(tmp_path):
     cache = tmp_path / "tune.json"
     first = T.tune(SPEC, "cpu", cache_file=cache, timer=fake_timer(calls))
     assert first.status == "tuned"
-    assert first.config == T.TuneConfig(chunk_elems=65536, tensors_per_call=16)
-    assert len(calls) == len(T.CANDIDATES["cpu"])
+    assert first.config == T.TuneConfig(chunk_elems=16384, tensors_per_call=16, unroll=2, threads=0)
+    assert len(calls) == T.search_size("cpu") == 8  # coordinate descent, each config timed once
+    assert len(set(calls)) == len(calls)
     second = T.tune(SPEC, "cpu", cache_file=cache, timer=fake_timer(calls))
     assert second.status == "cached" and second.config == first.config and second.key == first.key
-    assert len(calls) == len(T.CANDIDATES["cpu"])  # no new timing
-    assert json.loads(cache.read_text())[first.key]["config"]["chunk_elems"] == 65536
+    assert len(calls) == T.search_size("cpu")  # no new timing
+    assert json.loads(cache.read_text())[first.key]["config"]["chunk_elems"] == 16384
+
+
+def test_coordinate_descent_sets_each_knob_given_the_ones_before():
+    """A knob whose best value depends on an earlier one: the search follows the earlier choice."""
+    axes = (("chunk_elems", (65536, 16384)), ("unroll", (1, 4)))
+    cost = {(65536, 1): 5.0, (65536, 4): 1.0, (16384, 1): 3.0, (16384, 4): 4.0}
+    best = T.coordinate_descent(axes, lambda c: cost[(c.chunk_elems, c.unroll)])
+    assert best == T.TuneConfig(chunk_elems=16384, unroll=1)
 
 
 def test_cache_key_covers_dtype_bucket_and_kernel_source(tmp_path):
@@ -76,7 +89,12 @@ def test_build_tune_records_the_choice(tmp_path, monkeypatch):
     assert main(["build", "--amsgrad", "--target", "cpu", "--tune", "-o", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     build = json.loads((out / "build.json").read_text())
-    assert manifest["capabilities"]["chunk_elems"] == 65536 and manifest["capabilities"]["tensors_per_call"] == 16
+    assert {k: manifest["capabilities"][k] for k in ("chunk_elems", "tensors_per_call", "unroll", "threads")} == \
+        {"chunk_elems": 16384, "tensors_per_call": 16, "unroll": 2, "threads": 0}
     assert build["tune"]["status"] == "tuned"
+    assert "GCC unroll 2" in (out / "update.f32.cc").read_text()
     opt = adamgen.load(out)
-    assert opt.apply is not None
+    assert opt._executor.caps.unroll == 2 and opt._executor.caps.chunk_elems == 16384
+    params = [jax.numpy.ones((70_000,)), jax.numpy.ones((3,))]
+    new, _ = opt.apply([jax.numpy.full((70_000,), 0.5), jax.numpy.full((3,), 0.5)], opt.init(params), params)
+    np.testing.assert_allclose(np.asarray(new[0][:3]), np.asarray(new[1]))  # same math in every chunk

@@ -32,6 +32,8 @@ class Capabilities:
     # large tree is updated by a few calls of this many tensors each.
     tensors_per_call: int = 32
     block_threads: int = 256     # CUDA threads per block (the host flavour ignores it)
+    threads: int = 0             # host: most threads one call uses; 0 = XLA's whole intra-op pool
+    unroll: int = 1              # host: unroll factor of the element loop (it is also vectorized)
 
 
 HOST = Capabilities(platform="cpu", fma=False, vector_bytes=32, chunk_elems=65536)

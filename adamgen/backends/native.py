@@ -23,6 +23,8 @@ from adamgen.backends.jax import JaxExecutor
 from adamgen.ir.node import Module
 
 SOURCE_SUFFIX = {"cpu": "cc", "cuda": "cu"}
+# The Capabilities fields a tuner may set; the artifact manifest records each of them.
+TUNABLE = ("chunk_elems", "tensors_per_call", "block_threads", "threads", "unroll")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ def kernel_for(module: Module, dtype: str, caps: Capabilities, name: str = "upda
     rendered = (render_reduce if reduce else render_elementwise)(fn, dtype)
     ctx = ffi.make_context(f"adamgen_{name}_{dtype}", rendered.roles, len(rendered.scalars), rendered.body,
                            n_pertensor=len(rendered.pertensor), n_reduce=len(rendered.outputs),
-                           chunk_elems=caps.chunk_elems, block_threads=caps.block_threads)
+                           chunk_elems=caps.chunk_elems, block_threads=caps.block_threads,
+                           max_threads=caps.threads, unroll=caps.unroll)
     return NativeKernel(rendered, ctx, ffi.render(ctx, caps.platform))
 
 
@@ -155,8 +158,8 @@ def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, .
                              "flags": list(toolchain.host_flags() if target == "cpu" else toolchain.cuda_flags())},
                 "tune": tune_record or {"status": "untuned", "reason": "built without --tune: documented defaults"}}
     # The kernel knobs shape the source, so they are part of the reproducible manifest.
-    knobs = {"capabilities": {"fma": caps.fma, "vector_bytes": caps.vector_bytes, "chunk_elems": caps.chunk_elems,
-                              "tensors_per_call": caps.tensors_per_call, "block_threads": caps.block_threads}}
+    knobs = {"capabilities": {"fma": caps.fma, "vector_bytes": caps.vector_bytes,
+                              **{key: getattr(caps, key) for key in TUNABLE}}}
     return write_artifact(spec, target, out_dir, dtypes, extra_files=extra_files, build_info=build_info,
                           binaries=binaries, manifest_extra=knobs)
 
@@ -175,7 +178,7 @@ def load_native_executor(spec, module_for, path: Path, manifest: dict) -> Native
             binaries[name.removesuffix(".so")] = lib
     caps = CAPABILITIES[target]
     knobs = manifest.get("capabilities", {})
-    for key in ("chunk_elems", "tensors_per_call", "block_threads"):
+    for key in TUNABLE:
         if key in knobs:
             caps = replace(caps, **{key: int(knobs[key])})
     executor = NativeExecutor(spec, module_for, target, binaries, caps)

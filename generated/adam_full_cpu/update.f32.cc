@@ -275,6 +275,7 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
 // so a busy pool (XLA running other custom calls concurrently), a one-thread pool or a pool that
 // runs tasks inline all give the same result; a helper that starts late finds nothing to claim.
 // A separate OpenMP team would oversubscribe the cores whenever XLA runs calls concurrently.
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <thread>
@@ -285,6 +286,8 @@ namespace adamgen_kernel {
 // Below this many elements in total a call runs on the calling thread alone: handing chunks to
 // other threads costs more than it saves.
 constexpr std::int64_t kParallelMin = 65536;
+// Most threads one call uses, the caller included (0: every thread of the pool).
+constexpr std::int64_t kMaxThreads = 0;
 
 template <typename Body>
 struct SharedChunks {
@@ -305,7 +308,8 @@ struct SharedChunks {
 // Runs body(c) once for every c in [0, n).
 template <typename Body>
 void parallel_chunks(xla::ffi::ThreadPool& pool, std::int64_t n, std::int64_t total, Body body) {
-  const std::int64_t threads = pool.num_threads();
+  const std::int64_t pool_threads = pool.num_threads();
+  const std::int64_t threads = kMaxThreads > 0 ? std::min(pool_threads, kMaxThreads) : pool_threads;
   if (n <= 1 || total < kParallelMin || threads <= 1) {
     for (std::int64_t c = 0; c < n; ++c) body(c);
     return;
@@ -332,7 +336,7 @@ struct Chunk {
 __attribute__((noinline)) void run_range(void* const (&p)[kRoles], std::int64_t begin,
                                          std::int64_t end, const float* __restrict__ s,
                                          const float* __restrict__ pt) {
-#pragma omp simd
+  _Pragma("omp simd")
   for (std::int64_t i = begin; i < end; ++i) step_at(p, i, s, pt);
 }
 
