@@ -6,9 +6,13 @@ turn it into C++ / CUDA source; :mod:`adamgen.toolchain` compiles it; :func:`reg
 handler to XLA; :func:`call` issues one ``ffi_call`` over every tensor of a pytree.
 
 FFI call layout (role-major), for T tensors:
-    args = [scalars f32[n_scalars], pertensor f32[T * n_pertensor], in_0[0..T), in_1[0..T), ...]
-    rets = [out_0[0..T), out_1[0..T), ...]          in_a = a-th *read* role, out_o = o-th *written*
-A role both read and written is aliased: arg ``2 + a*T + t`` -> ret ``o*T + t``. Under
+    args = [scalars f32[n_scalars], pertensor f32[T * n_pertensor], in_0[0..T), in_1[0..T), ...,
+            packed_in_0, packed_in_1, ...]
+    rets = [out_0[0..T), out_1[0..T), ..., packed_out_0, ...]
+in_a = a-th per-tensor *read* role, out_o = o-th per-tensor *written* role. A packed role (an
+optimizer slot kept as one 1-D slab per call, see state.PackedLayout) is one buffer holding the
+T tensors back to back. A role both read and written is aliased: arg ``2 + a*T + t`` -> ret
+``o*T + t``, packed arg ``2 + n_in*T + q`` -> ret ``n_out*T + q'``. Under
 ``jax.jit(..., donate_argnums=...)`` on those arrays the update is in place.
 """
 from __future__ import annotations
@@ -58,6 +62,7 @@ class RoleSpec:
     dtype: str
     read: bool
     written: bool
+    packed: bool = False   # one slab for all tensors of a call instead of one buffer each
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,10 @@ class KernelContext:
     roles: tuple[str, ...]             # role names, in role order
     role_ctypes: tuple[str, ...]       # storage C type per role
     role_dtypes: tuple[str, ...]       # xla::ffi::DataType per role
-    role_arg: tuple[int, ...]          # per role: index among per-tensor inputs, -1 if not read
-    role_ret: tuple[int, ...]          # per role: index among per-tensor outputs, -1 if not written
-    n_in: int                          # read roles per tensor
-    n_out: int                         # written roles per tensor
+    role_arg: tuple[int, ...]          # per role: index among per-tensor (or packed) inputs, -1 if not read
+    role_ret: tuple[int, ...]          # per role: index among per-tensor (or packed) outputs, -1 if not written
+    n_in: int                          # per-tensor read roles
+    n_out: int                         # per-tensor written roles
     n_scalars: int                     # runtime scalars (f32 buffer, first argument)
     body: tuple[str, ...]              # element-body C++ statements, one per line
     n_pertensor: int = 0               # per-tensor values (f32[T * n_pertensor], second argument)
@@ -89,6 +94,10 @@ class KernelContext:
     vec_elems: int = 4                 # CUDA elements per vector access (16 B of f32)
     max_grid: int = 1 << 20            # CUDA grid cap; blocks stride over chunks beyond it
     launch_param_bytes: int = 4000     # CUDA kernel-argument budget (4 KiB classic limit)
+    role_packed: tuple[int, ...] = ()  # per role: 1 if packed (one slab per call)
+    role_bytes: tuple[int, ...] = ()   # per role: bytes per element of its storage type
+    n_in_packed: int = 0               # packed read roles
+    n_out_packed: int = 0              # packed written roles
 
 
 def _check_ident(name: str, what: str) -> str:
@@ -129,17 +138,26 @@ def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: S
     for line in body:
         if _BAD_LINE.search(line):
             raise ValueError(f"body line {line!r} holds a newline, comment or template syntax")
-    reads = [r for r in roles if r.read]
-    writes = [r for r in roles if r.written]
+    if any(r.packed and r.written and not r.read for r in roles):
+        raise ValueError("a packed role that is written must also be read (its slab is updated in place)")
+    if any(r.packed for r in roles) and not any(r.read and not r.packed for r in roles):
+        raise ValueError("a kernel with packed roles needs a per-tensor read role (it gives the sizes)")
+    reads = [r for r in roles if r.read and not r.packed]
+    writes = [r for r in roles if r.written and not r.packed]
+    packed_reads = [r for r in roles if r.read and r.packed]
+    packed_writes = [r for r in roles if r.written and r.packed]
     ctx = KernelContext(
         symbol=symbol,
         roles=tuple(r.name for r in roles),
         role_ctypes=tuple(STORAGE[r.dtype][0] for r in roles),
         role_dtypes=tuple(STORAGE[r.dtype][1] for r in roles),
-        role_arg=tuple(reads.index(r) if r.read else -1 for r in roles),
-        role_ret=tuple(writes.index(r) if r.written else -1 for r in roles),
+        role_arg=tuple((packed_reads if r.packed else reads).index(r) if r.read else -1 for r in roles),
+        role_ret=tuple((packed_writes if r.packed else writes).index(r) if r.written else -1 for r in roles),
         n_in=len(reads), n_out=len(writes), n_scalars=n_scalars, body=tuple(body),
-        n_pertensor=n_pertensor, n_reduce=n_reduce, **tuning)
+        n_pertensor=n_pertensor, n_reduce=n_reduce,
+        role_packed=tuple(int(r.packed) for r in roles),
+        role_bytes=tuple(STORAGE[r.dtype][2].itemsize for r in roles),
+        n_in_packed=len(packed_reads), n_out_packed=len(packed_writes), **tuning)
     if ctx.compute_ctype not in COMPUTE_CTYPES:
         raise ValueError(f"compute_ctype {ctx.compute_ctype!r} not in {COMPUTE_CTYPES}")
     _check_positive(ctx)
@@ -210,8 +228,11 @@ def build(ctx: KernelContext, platform: str = "cpu", *, cache_dir: Path | None =
 def aliases(ctx: KernelContext, n_tensors: int) -> dict[int, int]:
     """input_output_aliases for ``n_tensors`` tensors (see the module docstring)."""
     out: dict[int, int] = {}
-    for a, o in zip(ctx.role_arg, ctx.role_ret):
+    for a, o, packed in zip(ctx.role_arg, ctx.role_ret, ctx.role_packed):
         if a < 0 or o < 0:
+            continue
+        if packed:
+            out[2 + ctx.n_in * n_tensors + a] = ctx.n_out * n_tensors + o
             continue
         for t in range(n_tensors):
             out[2 + a * n_tensors + t] = o * n_tensors + t
@@ -220,27 +241,23 @@ def aliases(ctx: KernelContext, n_tensors: int) -> dict[int, int]:
 
 def call(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array]],
          pertensor: jax.Array | None = None) -> list[list[jax.Array]]:
-    """One custom call over every tensor. ``inputs[a][t]``: tensor t of the a-th read role;
+    """One custom call over every tensor. ``inputs[a][t]``: tensor t of the a-th read role (in
+    role order); a packed role gives ``[slab]``, its T tensors back to back in one 1-D array.
     ``pertensor``: f32[T, n_pertensor] (row t holds tensor t's per-tensor values).
 
-    Returns ``outputs[o][t]``: tensor t of the o-th written role. Donate the aliased inputs
-    (``jax.jit(..., donate_argnums=...)``) for an in-place update without copies.
+    Returns ``outputs[o][t]``: tensor t of the o-th written role (``[slab]`` for a packed one).
+    Donate the aliased inputs (``jax.jit(..., donate_argnums=...)``) for an in-place update.
     """
     ctx = kernel.ctx
-    if len(inputs) != ctx.n_in:
-        raise ValueError(f"expected {ctx.n_in} input roles {ctx.roles}, got {len(inputs)}")
-    n_tensors = len(inputs[0])
-    if any(len(role) != n_tensors for role in inputs):
-        raise ValueError("every input role needs the same number of tensors")
-    shapes = [x.shape for x in inputs[0]]
+    flat_in, n_tensors, shapes = _flat_inputs(ctx, inputs)
     written = [r for r, o in enumerate(ctx.role_ret) if o >= 0]
-    result_types = [
-        jax.ShapeDtypeStruct(shape, _np_dtype(ctx.role_dtypes[r]))
-        for r in written for shape in shapes
-    ]
+    slabs = {r: inputs[[q for q, a in enumerate(ctx.role_arg) if a >= 0].index(r)][0]
+             for r in written if ctx.role_packed[r]}
+    result_types = [jax.ShapeDtypeStruct(shape, _np_dtype(ctx.role_dtypes[r]))
+                    for r in written if not ctx.role_packed[r] for shape in shapes]
+    result_types += [jax.ShapeDtypeStruct(slabs[r].shape, _np_dtype(ctx.role_dtypes[r])) for r in slabs]
     if n_tensors == 0:
         return [[] for _ in written]
-    flat_in = [x for role in inputs for x in role]
     fn = jax.ffi.ffi_call(kernel.target, result_types, vmap_method="sequential",
                           input_output_aliases=aliases(ctx, n_tensors))
     if pertensor is None:
@@ -250,20 +267,35 @@ def call(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array
     # at least one element, so the buffer has an address even with no per-tensor values
     pt = jnp.concatenate([jnp.ravel(pertensor).astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
     flat_out = fn(jnp.asarray(scalars, jnp.float32), pt, *flat_in)
-    return [list(flat_out[o * n_tensors:(o + 1) * n_tensors]) for o in range(len(written))]
+    packed_out = iter(flat_out[ctx.n_out * n_tensors:])
+    return [[next(packed_out)] if ctx.role_packed[r] else
+            list(flat_out[ctx.role_ret[r] * n_tensors:(ctx.role_ret[r] + 1) * n_tensors]) for r in written]
+
+
+def _flat_inputs(ctx: KernelContext, inputs: Sequence[Sequence[jax.Array]]) -> tuple[list, int, list]:
+    """The read roles' arrays in call-layout order (per-tensor roles, then packed slabs), the
+    number of tensors and their shapes (from the per-tensor roles)."""
+    read = [r for r, a in enumerate(ctx.role_arg) if a >= 0]
+    if len(inputs) != len(read):
+        raise ValueError(f"expected {len(read)} input roles of {ctx.roles}, got {len(inputs)}")
+    per_tensor = [list(x) for r, x in zip(read, inputs) if not ctx.role_packed[r]]
+    packed = [list(x) for r, x in zip(read, inputs) if ctx.role_packed[r]]
+    n_tensors = len(per_tensor[0])
+    if any(len(role) != n_tensors for role in per_tensor) or any(len(role) != 1 for role in packed):
+        raise ValueError("every per-tensor role needs the same number of tensors; a packed role one slab")
+    return [x for role in per_tensor + packed for x in role], n_tensors, [x.shape for x in per_tensor[0]]
 
 
 def call_reduce(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array]],
                 pertensor: jax.Array | None = None) -> jax.Array:
     """One reduction call over every tensor; returns f32[T, n_reduce] per-tensor sums."""
     ctx = kernel.ctx
-    n_tensors = len(inputs[0])
+    flat_in, n_tensors, _ = _flat_inputs(ctx, inputs)
     if pertensor is None:
         pertensor = jnp.zeros((n_tensors, ctx.n_pertensor), jnp.float32)
     pt = jnp.concatenate([jnp.ravel(pertensor).astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
     fn = jax.ffi.ffi_call(kernel.target, jax.ShapeDtypeStruct((n_tensors * ctx.n_reduce,), jnp.float32),
                           vmap_method="sequential")
-    flat_in = [x for role in inputs for x in role]
     return fn(jnp.asarray(scalars, jnp.float32), pt, *flat_in).reshape(n_tensors, ctx.n_reduce)
 
 

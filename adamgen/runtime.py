@@ -13,7 +13,7 @@ import numpy as np
 
 from adamgen.dtypes import ir_dtype
 from adamgen.lower import scalar_inputs_for, slots_for
-from adamgen.state import SLOT_TO_FIELD, AdamState
+from adamgen.state import SLOT_TO_FIELD, AdamState, Packed
 
 
 class Executor(Protocol):
@@ -59,10 +59,16 @@ class Optimizer:
 
     # -- state -----------------------------------------------------------------
     def init(self, params) -> AdamState:
-        leaves = jax.tree_util.tree_leaves(params)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
         for leaf in leaves:
             self.spec.check_param_dtype(ir_dtype(leaf.dtype))
-        zeros = lambda: jax.tree_util.tree_map(self._zeros_like, params)  # noqa: E731
+        pack = getattr(self._executor, "packed_layout", None)
+        layout = pack(leaves, treedef) if pack is not None and leaves else None
+        if layout is not None:
+            zeros = lambda: Packed(tuple(jax.device_put(np.zeros(layout.slab_size(g), layout.dtypes[group[0]]))  # noqa: E731
+                                         for g, group in enumerate(layout.groups)), layout)
+        else:
+            zeros = lambda: jax.tree_util.tree_map(self._zeros_like, params)  # noqa: E731
         fields = {SLOT_TO_FIELD[s]: zeros() for s in self.slots}
         return AdamState(iterations=self._counter(0), **fields)
 
@@ -82,12 +88,21 @@ class Optimizer:
         if not p_leaves:
             return params, state
         g_leaves = self._grad_leaves(grads, treedef)
-        slot_leaves = {s: treedef.flatten_up_to(getattr(state, SLOT_TO_FIELD[s])) for s in self.slots}
+        slot_leaves = {s: self._slot_leaves(getattr(state, SLOT_TO_FIELD[s]), treedef) for s in self.slots}
         runtime = runtime_scalars(self.spec, callables=self._callables) if self._callables else {}
         new_p, new_slots, new_step = self._executor.step(p_leaves, g_leaves, slot_leaves, state.iterations, runtime)
         unflat = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)  # noqa: E731
-        fields = {SLOT_TO_FIELD[s]: unflat(new_slots[s]) for s in self.slots}
+        fields = {SLOT_TO_FIELD[s]: v if isinstance(v := new_slots[s], Packed) else unflat(v) for s in self.slots}
         return unflat(new_p), AdamState(iterations=new_step, **fields)
+
+    @staticmethod
+    def _slot_leaves(value, treedef):
+        if isinstance(value, Packed):
+            if value.layout.treedef != treedef:
+                raise ValueError(f"the packed state was made for params {value.layout.treedef}, got {treedef}; "
+                                 "call opt.init(params) for these params")
+            return value
+        return treedef.flatten_up_to(value)
 
     def _grad_leaves(self, grads, treedef) -> list:
         leaves, gdef = jax.tree_util.tree_flatten(grads, is_leaf=lambda x: x is None)
@@ -102,6 +117,8 @@ class Optimizer:
         """Keras' finalize_variable_values: with use_ema, params become the averages."""
         if not self.spec.use_ema:
             return params
+        if isinstance(state.averages, Packed):
+            return state.averages.unpack()
         return jax.tree_util.tree_map(lambda a: a, state.averages)
 
     def learning_rate(self, state: AdamState):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -21,6 +22,8 @@ class AdamState:
     momentums, velocities: pytrees shaped like params, in the params' dtypes.
     velocity_hats (amsgrad), averages (use_ema), accumulators (gradient accumulation):
       pytrees shaped like params, or None when the option is off.
+    On the native targets (cpu, cuda) each slot is `Packed` (a few 1-D slabs instead of one array
+    per param); `state.unpacked()` gives the params-shaped trees.
     """
 
     iterations: Any
@@ -32,3 +35,69 @@ class AdamState:
 
     def replace(self, **changes: Any) -> "AdamState":
         return dataclasses.replace(self, **changes)
+
+    def unpacked(self) -> "AdamState":
+        """Every slot as a params-shaped pytree (the native targets keep slots `Packed`)."""
+        return unpacked(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedLayout:
+    """Where each leaf of a params tree lives in a packed slot: leaves are grouped by dtype (first
+    appearance order), then in runs of `group_size` consecutive leaves; a run's values sit back to
+    back in one 1-D slab, in leaf order. Static (hashable): it travels as pytree aux data."""
+
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]                 # NumPy dtype name per leaf
+    groups: tuple[tuple[int, ...], ...]     # leaf indices per slab
+
+    @classmethod
+    def for_leaves(cls, leaves: list, treedef, group_size: int) -> "PackedLayout":
+        if group_size <= 0:
+            raise ValueError(f"group_size must be positive, got {group_size}")
+        by_dtype: dict[str, list[int]] = {}
+        for i, leaf in enumerate(leaves):
+            by_dtype.setdefault(str(leaf.dtype), []).append(i)
+        groups = tuple(tuple(idx[a:a + group_size]) for idx in by_dtype.values()
+                       for a in range(0, len(idx), group_size))
+        return cls(treedef, tuple(tuple(int(d) for d in leaf.shape) for leaf in leaves),
+                   tuple(str(leaf.dtype) for leaf in leaves), groups)
+
+    def slab_size(self, g: int) -> int:
+        return sum(math.prod(self.shapes[i]) for i in self.groups[g])
+
+    def matches(self, leaves: list, treedef) -> bool:
+        return (treedef == self.treedef and len(leaves) == len(self.shapes)
+                and all(tuple(x.shape) == s and str(x.dtype) == d for x, s, d in zip(leaves, self.shapes, self.dtypes)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """One optimizer slot (e.g. the momentums) of a whole params tree, packed into a few 1-D slabs
+    (see PackedLayout). A pytree whose leaves are the slabs: a step passes a handful of arrays
+    across the JAX call boundary instead of one per param. `unpack()` gives the params-shaped tree."""
+
+    slabs: tuple
+    layout: PackedLayout
+
+    def unpack(self):
+        leaves: list = [None] * len(self.layout.shapes)
+        for slab, group in zip(self.slabs, self.layout.groups):
+            start = 0
+            for i in group:
+                size = math.prod(self.layout.shapes[i])
+                leaves[i] = slab[start:start + size].reshape(self.layout.shapes[i])
+                start += size
+        return jax.tree_util.tree_unflatten(self.layout.treedef, leaves)
+
+
+jax.tree_util.register_pytree_node(
+    Packed, lambda p: (p.slabs, p.layout), lambda layout, slabs: Packed(tuple(slabs), layout))
+
+
+def unpacked(state: AdamState) -> AdamState:
+    """The state with every packed slot as a params-shaped tree (a copy of the values)."""
+    changes = {f.name: getattr(state, f.name).unpack() for f in dataclasses.fields(state)
+               if isinstance(getattr(state, f.name), Packed)}
+    return state.replace(**changes) if changes else state

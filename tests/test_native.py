@@ -18,6 +18,7 @@ from adamgen.compiler import compile_spec
 from adamgen.dtypes import numpy_dtype
 from adamgen.ir.interp import run_function
 from adamgen.ir.ops import Op
+from adamgen.state import Packed
 
 SPECS = {
     "plain": dict(),
@@ -53,9 +54,24 @@ def _inputs(fn, dtype, rng, shapes=SHAPES):
     return out
 
 
+def _role_arrays(role, values) -> list:
+    """A role's call inputs: one array per tensor, or one slab of them all when packed."""
+    if role.packed:
+        return [jnp.concatenate([jnp.ravel(jnp.asarray(x)) for x in values])]
+    return [jnp.asarray(x) for x in values]
+
+
+def _unpack(role, values, shapes) -> list:
+    if not role.packed:
+        return values
+    sizes = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+    return [values[0][a:b].reshape(s) for a, b, s in zip(sizes[:-1], sizes[1:], shapes)]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["per-tensor-slots", "packed-slots"])
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
 @pytest.mark.parametrize("name", list(SPECS))
-def test_host_kernel_bit_exact_against_interpreter(name, dtype):
+def test_host_kernel_bit_exact_against_interpreter(name, dtype, packed):
     spec = adamgen.AdamSpec(**SPECS[name])
     module = compile_spec(spec, dtype).kernels
     fn = module.function("update")
@@ -63,14 +79,16 @@ def test_host_kernel_bit_exact_against_interpreter(name, dtype):
     for trial in range(3):
         inputs = _inputs(fn, dtype, rng)
         want = run_function(fn, inputs, len(SHAPES))
-        native = kernel_for(module, dtype, HOST)
+        native = kernel_for(module, dtype, replace(HOST, packed_slots=packed))
         kernel = ffi.build(native.ctx, "cpu")
         r = native.rendered
+        assert any(role.packed for role in r.roles) == packed
         scalars = jnp.asarray([np.float32(inputs[k]) for k in r.scalars] or [0.0], jnp.float32)
         pt = (jnp.stack([jnp.asarray(inputs[k], jnp.float32) for k in r.pertensor], axis=1)
               if r.pertensor else jnp.zeros((len(SHAPES), 0), jnp.float32))
-        outs = ffi.call(kernel, scalars, [[jnp.asarray(x) for x in inputs[role.name]] for role in r.roles], pt)
-        got = dict(zip([role.name for role in r.roles if role.written], outs))
+        outs = ffi.call(kernel, scalars, [_role_arrays(role, inputs[role.name]) for role in r.roles], pt)
+        written = [role for role in r.roles if role.written]
+        got = {role.name: _unpack(role, values, SHAPES) for role, values in zip(written, outs)}
         assert set(got) == set(want)
         for key in want:
             for a, b in zip(got[key], want[key]):
@@ -106,15 +124,15 @@ def test_host_kernel_shares_chunks_across_threads_bit_exact(name, knobs):
         scalars = jnp.asarray([np.float32(inputs[k]) for k in r.scalars] or [0.0], jnp.float32)
         pt = (jnp.stack([jnp.asarray(inputs[k], jnp.float32) for k in r.pertensor], axis=1)
               if r.pertensor else jnp.zeros((len(BIG_SHAPES), 0), jnp.float32))
-        return scalars, [[jnp.asarray(x) for x in inputs[role.name]] for role in r.roles], pt
+        return scalars, [_role_arrays(role, inputs[role.name]) for role in r.roles], pt
 
     both = jax.jit(lambda a, b: (ffi.call(kernel, *a), ffi.call(kernel, *b)))
-    written = [role.name for role in r.roles if role.written]
+    written = [role for role in r.roles if role.written]
     for inputs, outs in zip(cases, both(args(cases[0]), args(cases[1]))):
         want = run_function(fn, inputs, len(BIG_SHAPES))
-        for key, values in zip(written, outs):
-            for t, (a, b) in enumerate(zip(values, want[key])):
-                np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=f"{name} {key} tensor {t}")
+        for role, values in zip(written, outs):
+            for t, (a, b) in enumerate(zip(_unpack(role, values, BIG_SHAPES), want[role.name])):
+                np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=f"{name} {role.name} tensor {t}")
 
 
 DRIVER = """
@@ -169,8 +187,9 @@ def test_host_reduce_kernel_against_interpreter(name, dtype):
     kernel = ffi.build(native.ctx, "cpu")
     r = native.rendered
     scalars = jnp.asarray([np.float32(inputs[k]) for k in r.scalars] or [0.0], jnp.float32)
-    sums = ffi.call_reduce(kernel, scalars, [[jnp.asarray(x) for x in inputs[role.name]]
-                                             for role in r.roles if role.read])
+    if name == "full":  # gradient accumulation: the norm reads the (packed) accumulators
+        assert any(role.packed and role.read for role in r.roles)
+    sums = ffi.call_reduce(kernel, scalars, [_role_arrays(role, inputs[role.name]) for role in r.roles if role.read])
     for j, out in enumerate(r.outputs):
         np.testing.assert_allclose(np.asarray(sums[:, j]).astype(np.float32), want[out].astype(np.float32),
                                    rtol=1e-5 if dtype == "f32" else 1e-2)
@@ -213,3 +232,48 @@ def test_cuda_target_without_a_gpu_says_so():
         pytest.skip("this machine has a GPU; the error path is for machines without one")
     with pytest.raises(RuntimeError, match="needs an NVIDIA GPU|NVIDIA GPU visible to JAX"):
         adamgen.build(adamgen.AdamSpec(), "cuda")
+
+
+def _cpu_optimizer(spec, **caps):
+    from adamgen.backends.native import NativeExecutor
+    from adamgen.compiler import kernels_for
+    from adamgen.runtime import Optimizer
+    executor = NativeExecutor(spec, kernels_for(spec), "cpu", caps=replace(HOST, **caps))
+    return Optimizer(spec, "cpu", executor, donates=True)
+
+
+@pytest.mark.parametrize("name", ["plain", "full", "clipvalue"])
+def test_packed_slots_equal_per_tensor_slots_over_steps(name):
+    """The cpu target with slots packed into slabs (the default) and with one array per param:
+    the same bits after several steps, on a mixed-dtype tree spread over several calls per dtype."""
+    spec = adamgen.AdamSpec(**SPECS[name])
+    rng = np.random.default_rng(3)
+    shapes = [(rng.integers(1, 300),) for _ in range(9)] + [(4, 5), (1,)]
+    dtypes = [np.float32] * 7 + [np.float16] * 4 if name != "full" else [np.float32] * 11
+    params = {f"w{i}": rng.standard_normal(s).astype(dt) for i, (s, dt) in enumerate(zip(shapes, dtypes))}
+    grads = [jax.tree_util.tree_map(lambda p: (rng.standard_normal(p.shape) * 0.1).astype(p.dtype), params)
+             for _ in range(4)]
+    results = []
+    for packed in (True, False):
+        opt = _cpu_optimizer(spec, packed_slots=packed, tensors_per_call=3)
+        p = jax.tree_util.tree_map(jnp.asarray, params)
+        state = opt.init(p)
+        assert isinstance(state.momentums, Packed) == packed
+        if packed:
+            assert len(state.momentums.slabs) == (4 if name == "full" else 3 + 2)  # ceil(n/3) per dtype
+        for g in grads:
+            p, state = opt.apply(g, state, p)
+        results.append((p, state.unpacked(), opt.finalize(state, p)))
+    (p1, s1, f1), (p2, s2, f2) = results
+    for a, b in zip(jax.tree_util.tree_leaves((p1, s1, f1)), jax.tree_util.tree_leaves((p2, s2, f2))):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+    assert jax.tree_util.tree_structure(s1.momentums) == jax.tree_util.tree_structure(params)
+
+
+def test_packed_state_for_other_params_is_refused():
+    opt = adamgen.build(adamgen.AdamSpec(), "cpu")
+    state = opt.init({"a": jnp.zeros(3), "b": jnp.zeros(4)})
+    with pytest.raises(ValueError, match="packed state was made for params"):
+        opt.apply({"a": jnp.zeros(3)}, state, {"a": jnp.zeros(3)})
+    with pytest.raises(Exception, match="packed slab size differs"):
+        opt.apply({"a": jnp.zeros(3), "b": jnp.zeros(5)}, state, {"a": jnp.zeros(3), "b": jnp.zeros(5)})

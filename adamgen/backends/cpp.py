@@ -34,6 +34,9 @@ class Capabilities:
     block_threads: int = 256     # CUDA threads per block (the host flavour ignores it)
     threads: int = 0             # host: most threads one call uses; 0 = XLA's whole intra-op pool
     unroll: int = 1              # host: unroll factor of the element loop (it is also vectorized)
+    # Optimizer slots (m, v, ...) live in one 1-D slab per call instead of one array per param:
+    # a step then passes ~2 arrays per param (param, grad) across the JAX boundary, not 4-6.
+    packed_slots: bool = True
 
 
 HOST = Capabilities(platform="cpu", fma=False, vector_bytes=32, chunk_elems=65536)

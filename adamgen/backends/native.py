@@ -19,12 +19,13 @@ import jax.numpy as jnp
 from adamgen.dtypes import numpy_dtype
 from adamgen import ffi, toolchain
 from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise, render_reduce
-from adamgen.backends.jax import JaxExecutor
+from adamgen.backends.jax import JaxExecutor, _group_by_dtype, run_module, step_inputs
 from adamgen.ir.node import Module
+from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
 
 SOURCE_SUFFIX = {"cpu": "cc", "cuda": "cu"}
 # The Capabilities fields a tuner may set; the artifact manifest records each of them.
-TUNABLE = ("chunk_elems", "tensors_per_call", "block_threads", "threads", "unroll")
+TUNABLE = ("chunk_elems", "tensors_per_call", "block_threads", "threads", "unroll", "packed_slots")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ def kernel_for(module: Module, dtype: str, caps: Capabilities, name: str = "upda
     fn = module.function(name)
     reduce = fn.attr("kind") == "reduce"
     rendered = (render_reduce if reduce else render_elementwise)(fn, dtype)
+    if caps.packed_slots:
+        rendered = replace(rendered, roles=tuple(replace(r, packed=r.name in SLOT_TO_FIELD) for r in rendered.roles))
     ctx = ffi.make_context(f"adamgen_{name}_{dtype}", rendered.roles, len(rendered.scalars), rendered.body,
                            n_pertensor=len(rendered.pertensor), n_reduce=len(rendered.outputs),
                            chunk_elems=caps.chunk_elems, block_threads=caps.block_threads,
@@ -77,6 +80,7 @@ class NativeExecutor(JaxExecutor):
         self.caps = caps or CAPABILITIES[target]
         self._binaries = dict(binaries or {})
         self.kernels: dict[str, dict[str, tuple[NativeKernel, ffi.Kernel]]] = {}
+        self._jitted_packed = jax.jit(self._step_packed, donate_argnums=(0, 2))
 
     def module(self, dtype: str) -> Module:
         module = super().module(dtype)
@@ -98,6 +102,44 @@ class NativeExecutor(JaxExecutor):
         ffi.register(lib, native.ctx.symbol, name, platform)
         return ffi.Kernel(native.ctx, platform, name, Path(lib), native.source)
 
+    # -- packed slots -------------------------------------------------------------
+    def packed_layout(self, leaves: list, treedef) -> PackedLayout | None:
+        """How init lays out the slots: one slab per custom call (None: one array per param)."""
+        if not self.caps.packed_slots:
+            return None
+        return PackedLayout.for_leaves(leaves, treedef, self.caps.tensors_per_call)
+
+    def step(self, params: list, grads: list, slots: dict, step, runtime: dict):
+        if not any(isinstance(v, Packed) for v in slots.values()):
+            return super().step(params, grads, slots, step, runtime)
+        layout = next(v.layout for v in slots.values())
+        if len(params) != len(layout.shapes):  # sizes are checked by the kernel, groups by the runner
+            raise ValueError(f"the packed state holds {len(layout.shapes)} tensors, params have {len(params)}; "
+                             "call opt.init(params) for these params")
+        self._check_dtypes(params)
+        for dtype in _group_by_dtype(params):
+            self.module(dtype)
+        return self._jitted_packed(params, grads, slots, step, runtime)
+
+    def _step_packed(self, params, grads, slots: dict, step, runtime):
+        layout = next(v.layout for v in slots.values())
+        new_params = list(params)
+        new_slabs = {k: list(v.slabs) for k, v in slots.items()}
+        new_step = step + 1
+        for dtype, idx in _group_by_dtype(params).items():
+            members = set(idx)
+            gids = [g for g, group in enumerate(layout.groups) if group[0] in members]
+            groups = {k: SlabGroups(tuple(v.slabs[g] for g in gids)) for k, v in slots.items()}
+            inputs = step_inputs(self.spec, step, runtime, [params[i] for i in idx], [grads[i] for i in idx], groups)
+            out = run_module(self._modules[dtype], inputs, len(idx), self._runner_for(dtype))
+            new_step = out["step"]
+            for j, i in enumerate(idx):
+                new_params[i] = out["param"][j]
+            for k in new_slabs:
+                for g, slab in zip(gids, out[k].slabs):
+                    new_slabs[k][g] = slab
+        return new_params, {k: Packed(tuple(v), layout) for k, v in new_slabs.items()}, new_step
+
     def _runner_for(self, dtype: str):
         kernels = self.kernels[dtype]
         step = self.caps.tensors_per_call
@@ -112,8 +154,9 @@ class NativeExecutor(JaxExecutor):
             pertensor = (jnp.stack([jnp.asarray(env[k]).astype(jnp.float32) for k in r.pertensor], axis=1)
                          if r.pertensor else jnp.zeros((n_tensors, 0), jnp.float32))
             read = [role.name for role in r.roles if role.read]
-            parts = [([env[name][a:a + step] for name in read], pertensor[a:a + step])
-                     for a in range(0, n_tensors, step)]
+            starts = range(0, n_tensors, step)
+            parts = [([[env[name].slabs[j]] if role_is_packed(env[name], len(starts)) else env[name][a:a + step]
+                       for name in read], pertensor[a:a + step]) for j, a in enumerate(starts)]
             if r.outputs:  # a reduction: f32 sums per tensor, rounded once to the IR dtype
                 sums = jnp.concatenate([ffi.call_reduce(kernel, scalars, ins, pt) for ins, pt in parts])
                 return {name: sums[:, j].astype(numpy_dtype(node.dtype))
@@ -123,9 +166,25 @@ class NativeExecutor(JaxExecutor):
             for ins, pt in parts:
                 for o, values in enumerate(ffi.call(kernel, scalars, ins, pt)):
                     outs[o].extend(values)
-            return dict(zip(written, outs))
+            return {name: SlabGroups(tuple(values)) if isinstance(env[name], SlabGroups) else values
+                    for name, values in zip(written, outs)}
 
         return run
+
+
+@dataclass(frozen=True)
+class SlabGroups:
+    """A packed slot inside one step: the slabs of one dtype's custom calls, in call order."""
+    slabs: tuple
+
+
+def role_is_packed(value, n_calls: int) -> bool:
+    if not isinstance(value, SlabGroups):
+        return False
+    if len(value.slabs) != n_calls:
+        raise ValueError(f"packed slot has {len(value.slabs)} slabs for {n_calls} calls; "
+                         "the state was made with another tensors_per_call")
+    return True
 
 
 def _sha256(data: bytes) -> str:
@@ -180,7 +239,7 @@ def load_native_executor(spec, module_for, path: Path, manifest: dict) -> Native
     knobs = manifest.get("capabilities", {})
     for key in TUNABLE:
         if key in knobs:
-            caps = replace(caps, **{key: int(knobs[key])})
+            caps = replace(caps, **{key: type(getattr(caps, key))(knobs[key])})
     executor = NativeExecutor(spec, module_for, target, binaries, caps)
     for dtype in manifest["dtypes"]:
         executor.module(dtype)

@@ -117,10 +117,16 @@ constexpr int kScalars = 0;
 constexpr int kPerTensor = 0;
 constexpr int kReduce = 1;  // reduce kernels: x[kRoles - kReduce + j] is summed per tensor
 // Per role: index among the per-tensor inputs / outputs of the FFI call, -1 when absent.
-constexpr int kRoleArg[kRoles] = { 0, 1, -1 };
+constexpr int kRoleArg[kRoles] = { 0, 0, -1 };
 constexpr int kRoleRet[kRoles] = { -1, -1, -1 };
-constexpr int kNumIn = 2;
-constexpr int kNumOut = 0;
+constexpr int kNumIn = 1;    // per-tensor read roles
+constexpr int kNumOut = 0;  // per-tensor written roles
+// Packed roles: one slab per call holding every tensor back to back (kRoleArg/kRoleRet of a
+// packed role index the packed inputs/outputs, which follow the per-tensor ones).
+constexpr int kRolePacked[kRoles] = { 0, 1, 0 };
+constexpr std::size_t kRoleBytes[kRoles] = { 4, 4, 4 };
+constexpr int kNumInPacked = 1;
+constexpr int kNumOutPacked = 0;
 using RoleTypes = std::tuple<float, float, float>;
 template <int r>
 using Role = std::tuple_element_t<r, RoleTypes>;
@@ -168,8 +174,9 @@ ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* _
 }  // namespace adamgen_kernel
 // ADAMGEN-ELEMENT-END
 // Collect the role pointers of every tensor from the FFI call frame.
-// Layout (role-major): args = [scalars, pertensor f32[T * kPerTensor], in_0[0..T), in_1[0..T), ...],
-//                      rets = [out_0[0..T), out_1[0..T), ...].
+// Layout (role-major): args = [scalars, pertensor f32[T * kPerTensor], in_0[0..T), in_1[0..T), ...,
+//                              packed_in_0, ...],
+//                      rets = [out_0[0..T), out_1[0..T), ..., packed_out_0, ...].
 // A role both read and written must arrive aliased (same buffer in and out).
 namespace adamgen_kernel {
 
@@ -188,20 +195,21 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
   using xla::ffi::ErrorCode;
   if (scalars.element_type() != xla::ffi::F32 || scalars.element_count() < kScalars)
     return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: scalars must be f32[0]");
-  if (args.size() % kNumIn != 0)
-    return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: tensor inputs not a multiple of 2");
-  const std::size_t T = args.size() / kNumIn;
+  if (args.size() < static_cast<std::size_t>(kNumInPacked) || (args.size() - kNumInPacked) % kNumIn != 0)
+    return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: tensor inputs not a multiple of 1");
+  const std::size_t T = (args.size() - kNumInPacked) / kNumIn;
   // an update returns its written roles; a reduction returns one f32[T * kReduce] buffer
-  if (rets.size() != T * kNumOut + (kReduce > 0 ? 1 : 0))
+  if (rets.size() != T * kNumOut + kNumOutPacked + (kReduce > 0 ? 1 : 0))
     return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: expected 0 outputs per tensor");
   if (pertensor.element_type() != xla::ffi::F32 ||
       pertensor.element_count() < T * static_cast<std::size_t>(kPerTensor))
     return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: pertensor must be f32[T * 0]");
   table.ptr.assign(T * kRoles, nullptr);
   table.size.assign(T, -1);
+  // Per-tensor roles first: they give every tensor's size.
   for (std::size_t t = 0; t < T; ++t) {
     for (int r = 0; r < kRoles; ++r) {
-      if (kRoleArg[r] < 0 && kRoleRet[r] < 0) continue;  // a reduced value: no buffer
+      if (kRolePacked[r] || (kRoleArg[r] < 0 && kRoleRet[r] < 0)) continue;  // packed, or a reduced value
       void* in = nullptr;
       void* out = nullptr;
       std::int64_t n = -1;
@@ -228,6 +236,29 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
       table.size[t] = n;
       table.ptr[t * kRoles + r] = out != nullptr ? out : in;
     }
+  }
+  // Packed roles: tensor t starts after the tensors before it in the call's slab.
+  for (int r = 0; r < kRoles; ++r) {
+    if (!kRolePacked[r]) continue;
+    auto b = args.get<xla::ffi::AnyBuffer>(kNumIn * T + kRoleArg[r]);
+    if (b.has_error()) return b.error();
+    if (b->element_type() != kRoleDtype[r])
+      return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: wrong packed input dtype");
+    char* base = static_cast<char*>(b->untyped_data());
+    const std::int64_t capacity = static_cast<std::int64_t>(b->element_count());
+    if (kRoleRet[r] >= 0) {
+      auto o = rets.get<xla::ffi::AnyBuffer>(kNumOut * T + kRoleRet[r]);
+      if (o.has_error()) return o.error();
+      if ((*o)->untyped_data() != base)
+        return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: read-write packed role is not aliased");
+    }
+    std::int64_t offset = 0;
+    for (std::size_t t = 0; t < T; ++t) {
+      table.ptr[t * kRoles + r] = base + offset * static_cast<std::int64_t>(kRoleBytes[r]);
+      offset += table.size[t];
+    }
+    if (offset != capacity)
+      return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: packed slab size differs from the tensors' total");
   }
   return Error::Success();
 }
