@@ -3,6 +3,8 @@
 Every candidate is a `Peer`: `init()` builds its optimizer and state (timed as init), `step()` runs
 one optimizer step and blocks until its results are ready, `close()` drops its arrays. Each peer
 owns its params and state; read-only gradients are shared through the `Workload` caches.
+`prepare()` loads the peer's libraries and its grads without building anything of its own: what
+bench/peak_memory.py counts as the baseline before it measures the peer's extra memory.
 """
 from __future__ import annotations
 
@@ -84,6 +86,11 @@ class Peer:
         """Bytes this peer holds while alive (its params and slots)."""
         return 4 * self.wl.n_params * OWNED[self.variant]
 
+    def prepare(self) -> None:
+        """Import this peer's libraries and materialise the grads it reads (in its format), so
+        that init + steps add only its own params copy, state, temporaries and compiled code."""
+        jnp.zeros(1).block_until_ready()  # the XLA CPU client and its thread pools
+
     def init(self) -> None: ...
     def step(self) -> None: ...
     def close(self) -> None:
@@ -114,6 +121,11 @@ def floor_lib() -> ctypes.CDLL:
 
 class CFloor(Peer):
     name, layout = "C floor", "flat"
+
+    def prepare(self) -> None:
+        super().prepare()
+        floor_lib()
+        self.wl.flat_grads_np()
 
     def init(self) -> None:
         lib = floor_lib()
@@ -146,6 +158,14 @@ class Adamgen(Peer):
             self.max_repeats = 3
             self.note = "the NumPy oracle (Keras' rounding, per-op temporaries)"
 
+    def prepare(self) -> None:
+        super().prepare()
+        import adamgen  # noqa: F401
+        if self.target != "numpy" and self.flat:
+            self.wl.flat_grads_jax()
+        elif self.target != "numpy":
+            self.wl.jax_grads()
+
     def init(self) -> None:
         import adamgen
         self.opt = adamgen.build(adamgen.AdamSpec(**self.kw), target=self.target)
@@ -177,6 +197,11 @@ class Adamgen(Peer):
 class Optax(Peer):
     name = "optax jit+donate"
 
+    def prepare(self) -> None:
+        super().prepare()
+        import optax  # noqa: F401
+        self.wl.jax_grads()
+
     def init(self) -> None:
         import optax
         if self.variant == "plain":
@@ -206,6 +231,11 @@ class Optax(Peer):
 # -- keras ------------------------------------------------------------------------------------------
 class Keras(Peer):
     name, note = "keras jit+donate", "keras.optimizers.Adam.stateless_apply"
+
+    def prepare(self) -> None:
+        super().prepare()
+        import keras  # noqa: F401
+        self.wl.jax_grads()
 
     def init(self) -> None:
         import keras
@@ -243,6 +273,10 @@ class Torch(Peer):
     @property
     def footprint(self) -> int:  # foreach ops allocate whole-tree temporaries
         return super().footprint + (8 * self.wl.n_params if self.mode == "foreach" else 0)
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.wl.torch_grads()
 
     def init(self) -> None:
         import torch

@@ -1,7 +1,7 @@
 """Benchmark: adamgen's Adam step against its peers and the C bandwidth floor, fp32 on CPU.
 
     python bench/bench_adam.py [--quick] [--workloads gpt2 small flat] [--variants plain full]
-                               [--only SUBSTR ...] [--out bench/RESULTS.md]
+                               [--only SUBSTR ...] [--no-peak-memory] [--out bench/RESULTS.md]
 
 Workloads: gpt2 = GPT-2-small-shaped tree (124M params, 148 tensors); small = 1000 small tensors of
 mixed shapes (10M params); flat = one 2**24-param vector. `--quick` shrinks them 16x (and `small`
@@ -11,8 +11,9 @@ Per workload and variant (plain Adam; full = amsgrad + weight_decay 0.01 + globa
 use_ema) every candidate is initialised, takes one timed first step (jit compile included) and one
 warm-up step; then the steps are timed round-robin across candidates (in a fresh random order each
 round), so all of them see the same machine state, and the median is reported. Candidates that do
-not fit in memory together are run in groups, each with its own C floor. Writes a markdown section
-to --out and raw JSON to bench/results/ as each workload finishes.
+not fit in memory together are run in groups, each with its own C floor. Then each candidate's peak
+memory is measured alone in a fresh process (bench/peak_memory.py; off with --no-peak-memory).
+Writes a markdown section to --out and raw JSON to bench/results/ as each workload finishes.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import numpy as np  # noqa: E402
 
 from adam_peers import CFloor, Peer, Workload, make_peers, torch_available  # noqa: E402
+from peak_memory import annotate as measure_peak_memory, mem_available  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 BYTES = {"plain": 28, "full": 48}
@@ -50,10 +52,12 @@ class Config:
     min_repeats: int     # fewest timed repeats, however slow the candidate
     peer_budget_s: float  # a candidate gets about this much timed wall time at most
     mem_fraction: float  # share of MemAvailable the candidates of one group may hold
+    peak_timeout_s: float  # limit of each peak-memory subprocess; 0 = do not measure peak memory
 
 
-QUICK = Config(scale=16, rounds=7, min_repeats=2, peer_budget_s=2.0, mem_fraction=0.5)
-FULL_RUN = Config(scale=1, rounds=15, min_repeats=2, peer_budget_s=20.0, mem_fraction=0.5)
+QUICK = Config(scale=16, rounds=7, min_repeats=2, peer_budget_s=2.0, mem_fraction=0.5, peak_timeout_s=120)
+FULL_RUN = Config(scale=1, rounds=15, min_repeats=2, peer_budget_s=20.0, mem_fraction=0.5,
+                  peak_timeout_s=600)
 
 
 # -- workloads --------------------------------------------------------------------------------------
@@ -130,17 +134,13 @@ class Record:
     times_s: list[float] = field(default_factory=list)
     floor_ms: float = float("nan")  # median of the C floor timed in the same group
     busy_cores: float = float("nan")  # cores other processes kept busy just before this variant
+    peak_mib: float = float("nan")  # extra peak RSS over params + grads, alone in a fresh process
+    peak_reason: str = ""  # why peak_mib is missing
+    peak_detail: dict = field(default_factory=dict)  # bench/peak_memory.py's raw figures
 
     @property
     def median_ms(self) -> float:
         return float(np.median(self.times_s)) * 1e3 if self.times_s else float("nan")
-
-
-def mem_available() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 8 << 30
 
 
 def pack_groups(wl: Workload, variant: str, peers: list[Peer], budget: int) -> list[list[Peer]]:
@@ -250,6 +250,8 @@ def run_variant(wl: Workload, variant: str, cfg: Config, only: list[str], wait_s
         records += run_group(group, gi, cfg)
     for rec in records:
         rec.busy_cores = busy
+    if cfg.peak_timeout_s > 0:  # after the timing, so these processes do not disturb it
+        measure_peak_memory(records, wl.n_params, cfg.scale, cfg.peak_timeout_s, log)
     return records
 
 
@@ -281,20 +283,23 @@ def fmt(x: float, digits: int = 2) -> str:
 def table(wl: Workload, records: list[Record]) -> str:
     lines = [f"### {wl.key}: {wl.title}", "",
              "| variant | candidate | layout | init s | first step s | ms/step (median) | min ms | n "
-             "| GB/s | % of floor | notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| GB/s | % of floor | peak MiB | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if r.status != "ok":
             lines.append(f"| {r.variant} | {r.name} | {r.layout} | – | – | skipped | – | 0 | – | – "
-                         f"| {r.reason} |")
+                         f"| – | {r.reason} |")
             continue
+        peak, note = fmt(r.peak_mib, 1), r.note
+        if r.peak_reason:
+            peak, note = "n/a", "; ".join(filter(None, [note, f"peak memory n/a: {r.peak_reason}"]))
         med = r.median_ms
         gbs = BYTES[r.variant] * wl.n_params / (med * 1e-3) / 1e9
         pct = 100 * r.floor_ms / med
         group = f" (group {r.group})" if r.group else ""
         lines.append(f"| {r.variant} | {r.name} | {r.layout} | {fmt(r.init_s)} | {fmt(r.first_s)} "
                      f"| {fmt(med)} | {fmt(min(r.times_s) * 1e3)} | {len(r.times_s)} | {fmt(gbs, 1)} "
-                     f"| {fmt(pct, 0)}%{group} | {r.note} |")
+                     f"| {fmt(pct, 0)}%{group} | {peak} | {note} |")
     busy = {r.variant: r.busy_cores for r in records}
     lines.append("\nOther processes kept busy (cores, sampled before each variant): "
                  + ", ".join(f"{v} {b:.2f}" for v, b in busy.items()) + ".")
@@ -310,7 +315,14 @@ group, timed interleaved) / candidate median. init = build + state creation (+ r
 first step = first apply including jit compile (torch creates its state there). Eager constructor
 compiles (jnp.zeros per shape) are cached across candidates in one process, so the first jax
 candidate of a workload pays them. Medians of round-robin repeats, shuffled each round; the machine
-is shared and noisy (see the busy-cores line): compare ratios within one run.
+is shared and noisy (see the busy-cores line): compare ratios within one run. peak MiB = memory a
+candidate needs beyond params + grads (optimizer state, temporaries, compiled code and compiling),
+measured alone in a fresh process by bench/peak_memory.py: baseline RSS once its libraries are
+loaded (warmed up on a 2-tensor workload) and the grads exist in its format, then the RSS high-water
+mark (VmHWM, reset at the baseline) over init + 3 steps, minus the baseline and minus the
+candidate's own copy of the params (4 B/param). The C floor holds only the state (m, v: 8 B/param;
+full variant m, v, v_hat, EMA: 16 B/param), so its figure is the reference; at --quick sizes XLA's
+compile memory dominates the jax candidates. – = not measured (--no-peak-memory).
 """
 
 
@@ -365,11 +377,17 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each workload/variant wait up to S s for other processes to go quiet")
     parser.add_argument("--rounds", type=int, help="override the number of timed rounds")
+    parser.add_argument("--no-peak-memory", action="store_true",
+                        help="skip the peak-memory column (one fresh process per candidate)")
+    parser.add_argument("--peak-timeout", type=float, metavar="S",
+                        help="limit of each peak-memory process (default 120 s quick, 600 s full)")
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     args = parser.parse_args()
     cfg = QUICK if args.quick else FULL_RUN
     if args.rounds:
         cfg = Config(**(asdict(cfg) | {"rounds": args.rounds}))
+    if args.no_peak_memory or args.peak_timeout:
+        cfg = Config(**(asdict(cfg) | {"peak_timeout_s": 0 if args.no_peak_memory else args.peak_timeout}))
     if (why := torch_available()) is not None:
         log(f"torch peers skipped: {why}")
     report = Report(args, machine())
