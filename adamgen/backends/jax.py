@@ -160,8 +160,7 @@ class JaxExecutor:
             self._modules[dtype] = self._module_for(dtype)
         return self._modules[dtype]
 
-    def _check_dtypes(self, params: list) -> dict[str, list[int]]:
-        groups = _group_by_dtype(params)
+    def _check_dtypes(self, groups: dict[str, list[int]]) -> dict[str, list[int]]:
         if len(groups) > 1 and self.spec.clip and self.spec.clip[0] == "global_clipnorm":
             raise NotImplementedError(
                 f"global_clipnorm over params of several dtypes {sorted(groups)} is not supported; "
@@ -169,7 +168,7 @@ class JaxExecutor:
         return groups
 
     def step(self, params: list, grads: list, slots: dict[str, list], step, runtime: dict):
-        groups = self._check_dtypes(params)
+        groups = self._check_dtypes(_group_by_dtype(params))
         flat_dtype = next(iter(groups)) if len(params) == 1 and jnp.ndim(params[0]) == 1 else None
         if flat_dtype in self.exported:
             return self._run_exported(flat_dtype, params, grads, slots, step, runtime)

@@ -8,6 +8,7 @@ templates, compiled ahead of time (toolchain.py) and registered with XLA (ffi.py
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,10 +17,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from adamgen.dtypes import numpy_dtype
+from adamgen.dtypes import ir_dtype, numpy_dtype
 from adamgen import ffi, toolchain
 from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise, render_reduce
-from adamgen.backends.jax import JaxExecutor, _group_by_dtype, run_module, step_inputs
+from adamgen.backends.jax import JaxExecutor, run_module, step_inputs
 from adamgen.ir.node import Module
 from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
 
@@ -116,8 +117,9 @@ class NativeExecutor(JaxExecutor):
         if len(params) != len(layout.shapes):  # sizes are checked by the kernel, groups by the runner
             raise ValueError(f"the packed state holds {len(layout.shapes)} tensors, params have {len(params)}; "
                              "call opt.init(params) for these params")
-        self._check_dtypes(params)
-        for dtype in _group_by_dtype(params):
+        # The leaves' dtypes are the layout's (the kernels check every buffer's dtype and size), so
+        # no per-leaf Python work runs on a call.
+        for dtype in self._check_dtypes(layout_dtype_groups(layout)):
             self.module(dtype)
         return self._jitted_packed(params, grads, slots, step, runtime)
 
@@ -126,7 +128,7 @@ class NativeExecutor(JaxExecutor):
         new_params = list(params)
         new_slabs = {k: list(v.slabs) for k, v in slots.items()}
         new_step = step + 1
-        for dtype, idx in _group_by_dtype(params).items():
+        for dtype, idx in layout_dtype_groups(layout).items():
             members = set(idx)
             gids = [g for g, group in enumerate(layout.groups) if group[0] in members]
             groups = {k: SlabGroups(tuple(v.slabs[g] for g in gids)) for k, v in slots.items()}
@@ -176,6 +178,15 @@ class NativeExecutor(JaxExecutor):
 class SlabGroups:
     """A packed slot inside one step: the slabs of one dtype's custom calls, in call order."""
     slabs: tuple
+
+
+@functools.lru_cache(maxsize=64)
+def layout_dtype_groups(layout: PackedLayout) -> dict[str, list[int]]:
+    """IR dtype -> leaf indices, in leaf order (as _group_by_dtype gives for the params)."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(layout.dtypes):
+        groups.setdefault(ir_dtype(jnp.dtype(name)), []).append(i)
+    return groups
 
 
 def role_is_packed(value, n_calls: int) -> bool:
