@@ -249,13 +249,13 @@ def call(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array
     Donate the aliased inputs (``jax.jit(..., donate_argnums=...)``) for an in-place update.
     """
     ctx = kernel.ctx
-    flat_in, n_tensors, shapes = _flat_inputs(ctx, inputs)
+    flat_in, n_tensors, shapes, slabs = _flat_inputs(ctx, inputs)
     written = [r for r, o in enumerate(ctx.role_ret) if o >= 0]
-    slabs = {r: inputs[[q for q, a in enumerate(ctx.role_arg) if a >= 0].index(r)][0]
-             for r in written if ctx.role_packed[r]}
     result_types = [jax.ShapeDtypeStruct(shape, _np_dtype(ctx.role_dtypes[r]))
                     for r in written if not ctx.role_packed[r] for shape in shapes]
-    result_types += [jax.ShapeDtypeStruct(slabs[r].shape, _np_dtype(ctx.role_dtypes[r])) for r in slabs]
+    # packed outputs follow the per-tensor ones, in role order (as role_ret numbers them)
+    result_types += [jax.ShapeDtypeStruct(slabs[r].shape, _np_dtype(ctx.role_dtypes[r]))
+                     for r in written if ctx.role_packed[r]]
     if n_tensors == 0:
         return [[] for _ in written]
     fn = jax.ffi.ffi_call(kernel.target, result_types, vmap_method="sequential",
@@ -267,30 +267,30 @@ def call(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array
     # at least one element, so the buffer has an address even with no per-tensor values
     pt = jnp.concatenate([jnp.ravel(pertensor).astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
     flat_out = fn(jnp.asarray(scalars, jnp.float32), pt, *flat_in)
-    packed_out = iter(flat_out[ctx.n_out * n_tensors:])
-    return [[next(packed_out)] if ctx.role_packed[r] else
+    return [[flat_out[ctx.n_out * n_tensors + ctx.role_ret[r]]] if ctx.role_packed[r] else
             list(flat_out[ctx.role_ret[r] * n_tensors:(ctx.role_ret[r] + 1) * n_tensors]) for r in written]
 
 
-def _flat_inputs(ctx: KernelContext, inputs: Sequence[Sequence[jax.Array]]) -> tuple[list, int, list]:
+def _flat_inputs(ctx: KernelContext, inputs: Sequence[Sequence[jax.Array]]) -> tuple[list, int, list, dict]:
     """The read roles' arrays in call-layout order (per-tensor roles, then packed slabs), the
-    number of tensors and their shapes (from the per-tensor roles)."""
+    number of tensors, their shapes (from the per-tensor roles) and the slab of each packed role."""
     read = [r for r, a in enumerate(ctx.role_arg) if a >= 0]
     if len(inputs) != len(read):
         raise ValueError(f"expected {len(read)} input roles of {ctx.roles}, got {len(inputs)}")
     per_tensor = [list(x) for r, x in zip(read, inputs) if not ctx.role_packed[r]]
-    packed = [list(x) for r, x in zip(read, inputs) if ctx.role_packed[r]]
+    packed = {r: list(x) for r, x in zip(read, inputs) if ctx.role_packed[r]}
     n_tensors = len(per_tensor[0])
-    if any(len(role) != n_tensors for role in per_tensor) or any(len(role) != 1 for role in packed):
+    if any(len(role) != n_tensors for role in per_tensor) or any(len(role) != 1 for role in packed.values()):
         raise ValueError("every per-tensor role needs the same number of tensors; a packed role one slab")
-    return [x for role in per_tensor + packed for x in role], n_tensors, [x.shape for x in per_tensor[0]]
+    flat = [x for role in [*per_tensor, *packed.values()] for x in role]
+    return flat, n_tensors, [x.shape for x in per_tensor[0]], {r: role[0] for r, role in packed.items()}
 
 
 def call_reduce(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array]],
                 pertensor: jax.Array | None = None) -> jax.Array:
     """One reduction call over every tensor; returns f32[T, n_reduce] per-tensor sums."""
     ctx = kernel.ctx
-    flat_in, n_tensors, _ = _flat_inputs(ctx, inputs)
+    flat_in, n_tensors, _, _ = _flat_inputs(ctx, inputs)
     if pertensor is None:
         pertensor = jnp.zeros((n_tensors, ctx.n_pertensor), jnp.float32)
     pt = jnp.concatenate([jnp.ravel(pertensor).astype(jnp.float32), jnp.zeros((1,), jnp.float32)])

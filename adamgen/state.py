@@ -38,7 +38,9 @@ class AdamState:
 
     def unpacked(self) -> "AdamState":
         """Every slot as a params-shaped pytree (the native targets keep slots `Packed`)."""
-        return unpacked(self)
+        changes = {f.name: getattr(self, f.name).unpack() for f in dataclasses.fields(self)
+                   if isinstance(getattr(self, f.name), Packed)}
+        return self.replace(**changes) if changes else self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +69,6 @@ class PackedLayout:
     def slab_size(self, g: int) -> int:
         return sum(math.prod(self.shapes[i]) for i in self.groups[g])
 
-    def matches(self, leaves: list, treedef) -> bool:
-        return (treedef == self.treedef and len(leaves) == len(self.shapes)
-                and all(tuple(x.shape) == s and str(x.dtype) == d for x, s, d in zip(leaves, self.shapes, self.dtypes)))
-
 
 @dataclasses.dataclass(frozen=True)
 class Packed:
@@ -94,10 +92,3 @@ class Packed:
 
 jax.tree_util.register_pytree_node(
     Packed, lambda p: (p.slabs, p.layout), lambda layout, slabs: Packed(tuple(slabs), layout))
-
-
-def unpacked(state: AdamState) -> AdamState:
-    """The state with every packed slot as a params-shaped tree (a copy of the values)."""
-    changes = {f.name: getattr(state, f.name).unpack() for f in dataclasses.fields(state)
-               if isinstance(getattr(state, f.name), Packed)}
-    return state.replace(**changes) if changes else state
