@@ -183,3 +183,20 @@ def test_cpu_target_matches_oracle(config):
     op-for-op the IR with no FMA (-ffp-contract=off); the scalar kernels run under XLA's jit,
     which may contract, so compare with the JAX tolerance."""
     _target_matches_oracle(config, "cpu")
+
+
+@pytest.mark.parametrize("n", [1, 2, 33, 70, 1000])
+def test_jax_global_sum_adds_in_tensor_order(n):
+    # The global norm adds the per-tensor sums sequentially (semantics doc, rule 4). The values
+    # mix magnitudes so that any reordering (pairwise, tree) rounds differently.
+    from adamgen.backends.jax import _sequential_sum
+    import jax.numpy as jnp
+    rng = np.random.default_rng(n)
+    values = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, n)).astype(np.float32)
+    expected = values[0]
+    for v in values[1:]:
+        expected = np.float32(expected + v)
+    got = _sequential_sum(jnp.asarray(values), n, np.float32)
+    assert np.asarray(got).tobytes() == np.float32(expected).tobytes()
+    if n == 1000:  # the data can tell the orders apart: numpy's pairwise sum rounds differently
+        assert np.float32(np.sum(values, dtype=np.float32)) != expected

@@ -78,14 +78,27 @@ def _index(value: Value, shape: str, i: int) -> Value:
     return value[i] if shape in ("T", "N") else value
 
 
+# Tensors summed per scan iteration by `_sequential_sum` (the adds stay in order).
+SEQUENTIAL_SUM_UNROLL = 32
+
+
+def _sequential_sum(values: Value, n_tensors: int, dtype) -> Value:
+    """((v0 + v1) + v2) + ... in the dtype, as one loop in the program rather than n_tensors
+    separate adds (which cost tracing and XLA compile time linear in the tree's size)."""
+    if n_tensors == 0:
+        return jnp.zeros((), dtype)
+    if n_tensors == 1:
+        return values[0]
+    total, _ = jax.lax.scan(lambda acc, x: (acc + x, None), values[0], values[1:],
+                            unroll=min(SEQUENTIAL_SUM_UNROLL, n_tensors - 1))
+    return total
+
+
 def _eval(node: Node, args: list[Value], n_tensors: int) -> Value:
     if node.op is Op.CONST:
         return jnp.asarray(node.attr("value"), dtype=numpy_dtype(node.dtype))
     if node.op is Op.GLOBAL_SUM:
-        total = args[0][0] if n_tensors else jnp.zeros((), numpy_dtype(node.dtype))
-        for i in range(1, n_tensors):
-            total = total + args[0][i]
-        return total
+        return _sequential_sum(args[0], n_tensors, numpy_dtype(node.dtype))
     rule = JAX_LOWERING[node.op]
     if node.op is Op.REDUCE_SUM:
         return jnp.stack([rule(node, a) for a in args[0]]) if n_tensors else jnp.zeros((0,), numpy_dtype(node.dtype))
