@@ -30,6 +30,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from adamgen import toolchain
+from adamgen.state import SLAB_ALIGN_BYTES
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 ENV = Environment(
@@ -98,6 +99,7 @@ class KernelContext:
     role_bytes: tuple[int, ...] = ()   # per role: bytes per element of its storage type
     n_in_packed: int = 0               # packed read roles
     n_out_packed: int = 0              # packed written roles
+    slab_align_bytes: int = SLAB_ALIGN_BYTES  # packed roles: each tensor starts at a multiple of this
 
 
 def _check_ident(name: str, what: str) -> str:
@@ -114,6 +116,10 @@ def _check_positive(ctx: KernelContext) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(ctx.max_threads, int) or ctx.max_threads < 0:
         raise ValueError(f"max_threads must be a non-negative int (0: all pool threads), got {ctx.max_threads!r}")
+    if not isinstance(ctx.slab_align_bytes, int) or ctx.slab_align_bytes <= 0 or any(
+            ctx.slab_align_bytes % b for b in ctx.role_bytes):
+        raise ValueError(f"slab_align_bytes must be a positive multiple of every role's element size "
+                         f"{sorted(set(ctx.role_bytes))}, got {ctx.slab_align_bytes!r}")
     if ctx.chunk_elems % ctx.vec_elems:
         raise ValueError("chunk_elems must be a multiple of vec_elems (keeps chunks aligned)")
 

@@ -6,6 +6,12 @@ import math
 from typing import Any
 
 import jax
+import numpy as np
+
+# Each tensor of a packed slab starts at a multiple of this many bytes: a whole GPU memory
+# transaction, so the CUDA kernel's 16-byte vector path (which needs every role aligned) serves
+# packed tensors of any size, and host SIMD loads start on a cache line.
+SLAB_ALIGN_BYTES = 128
 
 # IR slot name -> AdamState field
 SLOT_TO_FIELD = {"momentum": "momentums", "velocity": "velocities", "velocity_hat": "velocity_hats",
@@ -46,8 +52,9 @@ class AdamState:
 @dataclasses.dataclass(frozen=True)
 class PackedLayout:
     """Where each leaf of a params tree lives in a packed slot: leaves are grouped by dtype (first
-    appearance order), then in runs of `group_size` consecutive leaves; a run's values sit back to
-    back in one 1-D slab, in leaf order. Static (hashable): it travels as pytree aux data."""
+    appearance order), then in runs of `group_size` consecutive leaves; a run's values sit in one
+    1-D slab, in leaf order, each starting at a multiple of SLAB_ALIGN_BYTES (the padding stays
+    zero). Static (hashable): it travels as pytree aux data."""
 
     treedef: Any
     shapes: tuple[tuple[int, ...], ...]
@@ -66,8 +73,21 @@ class PackedLayout:
         return cls(treedef, tuple(tuple(int(d) for d in leaf.shape) for leaf in leaves),
                    tuple(str(leaf.dtype) for leaf in leaves), groups)
 
+    def _padded(self, i: int) -> int:
+        """Elements leaf i occupies in its slab: its size rounded up to SLAB_ALIGN_BYTES."""
+        align = SLAB_ALIGN_BYTES // np.dtype(self.dtypes[i]).itemsize
+        return -(-math.prod(self.shapes[i]) // align) * align
+
+    def offsets(self, g: int) -> tuple[int, ...]:
+        """Where each leaf of slab g starts, in elements (what the kernels' table computes)."""
+        starts, at = [], 0
+        for i in self.groups[g]:
+            starts.append(at)
+            at += self._padded(i)
+        return tuple(starts)
+
     def slab_size(self, g: int) -> int:
-        return sum(math.prod(self.shapes[i]) for i in self.groups[g])
+        return sum(self._padded(i) for i in self.groups[g])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +101,10 @@ class Packed:
 
     def unpack(self):
         leaves: list = [None] * len(self.layout.shapes)
-        for slab, group in zip(self.slabs, self.layout.groups):
-            start = 0
-            for i in group:
+        for g, (slab, group) in enumerate(zip(self.slabs, self.layout.groups)):
+            for i, start in zip(group, self.layout.offsets(g)):
                 size = math.prod(self.layout.shapes[i])
                 leaves[i] = slab[start:start + size].reshape(self.layout.shapes[i])
-                start += size
         return jax.tree_util.tree_unflatten(self.layout.treedef, leaves)
 
 

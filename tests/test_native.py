@@ -18,7 +18,7 @@ from adamgen.compiler import compile_spec
 from adamgen.dtypes import numpy_dtype
 from adamgen.ir.interp import run_function
 from adamgen.ir.ops import Op
-from adamgen.state import Packed
+from adamgen.state import SLAB_ALIGN_BYTES, Packed, PackedLayout
 
 SPECS = {
     "plain": dict(),
@@ -54,18 +54,42 @@ def _inputs(fn, dtype, rng, shapes=SHAPES):
     return out
 
 
+PAD_SENTINEL = 7.0  # what the padding of a test slab holds; the kernels must leave it alone
+
+
+def _slab_starts(values) -> list[int]:
+    """Each tensor's start in a packed slab: sizes rounded up to SLAB_ALIGN_BYTES, computed here
+    independently of adamgen.state.PackedLayout."""
+    starts, at = [], 0
+    for x in values:
+        x = np.asarray(x)
+        align = SLAB_ALIGN_BYTES // x.dtype.itemsize
+        starts.append(at)
+        at += -(-x.size // align) * align
+    return starts + [at]
+
+
 def _role_arrays(role, values) -> list:
     """A role's call inputs: one array per tensor, or one slab of them all when packed."""
-    if role.packed:
-        return [jnp.concatenate([jnp.ravel(jnp.asarray(x)) for x in values])]
-    return [jnp.asarray(x) for x in values]
+    if not role.packed:
+        return [jnp.asarray(x) for x in values]
+    starts = _slab_starts(values)
+    slab = np.full(starts[-1], PAD_SENTINEL, np.asarray(values[0]).dtype)
+    for x, a in zip(values, starts):
+        slab[a:a + np.size(x)] = np.ravel(np.asarray(x))
+    return [jnp.asarray(slab)]
 
 
 def _unpack(role, values, shapes) -> list:
     if not role.packed:
         return values
-    sizes = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
-    return [values[0][a:b].reshape(s) for a, b, s in zip(sizes[:-1], sizes[1:], shapes)]
+    slab = np.asarray(values[0])
+    starts = _slab_starts([np.zeros(s, slab.dtype) for s in shapes])
+    padding = np.ones(slab.size, bool)
+    for a, s in zip(starts, shapes):
+        padding[a:a + int(np.prod(s))] = False
+    assert padding.any() and (slab[padding] == PAD_SENTINEL).all(), "the kernel wrote into slab padding"
+    return [slab[a:a + int(np.prod(s))].reshape(s) for a, s in zip(starts, shapes)]
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["per-tensor-slots", "packed-slots"])
@@ -275,5 +299,44 @@ def test_packed_state_for_other_params_is_refused():
     state = opt.init({"a": jnp.zeros(3), "b": jnp.zeros(4)})
     with pytest.raises(ValueError, match="packed state was made for params"):
         opt.apply({"a": jnp.zeros(3)}, state, {"a": jnp.zeros(3)})
-    with pytest.raises(Exception, match="packed slab size differs"):
+    with pytest.raises(ValueError, match=r"other shapes \(leaf 1: \(4,\) in the state, \(5,\) now\)"):
         opt.apply({"a": jnp.zeros(3), "b": jnp.zeros(5)}, state, {"a": jnp.zeros(3), "b": jnp.zeros(5)})
+
+
+def test_packed_layout_starts_every_tensor_on_the_alignment():
+    leaves = [np.zeros(s, dt) for s, dt in [((7,), np.float32), ((1,), np.float32), ((5, 6), np.float16),
+                                            ((33,), np.float32), ((0,), np.float16), ((64,), np.float16)]]
+    layout = PackedLayout.for_leaves(leaves, jax.tree_util.tree_structure(leaves), 2)
+    assert layout.groups == ((0, 1), (3,), (2, 4), (5,))
+    for g, group in enumerate(layout.groups):
+        itemsize = np.dtype(layout.dtypes[group[0]]).itemsize
+        starts = layout.offsets(g)
+        assert all(a * itemsize % SLAB_ALIGN_BYTES == 0 for a in starts)
+        assert layout.slab_size(g) * itemsize % SLAB_ALIGN_BYTES == 0
+        assert layout.slab_size(g) >= starts[-1] + leaves[group[-1]].size
+    assert layout.offsets(0) == (0, SLAB_ALIGN_BYTES // 4)
+    values = [np.arange(x.size, dtype=x.dtype).reshape(x.shape) + i for i, x in enumerate(leaves)]
+    slabs = []
+    for g, group in enumerate(layout.groups):
+        slab = np.zeros(layout.slab_size(g), layout.dtypes[group[0]])
+        for i, a in zip(group, layout.offsets(g)):
+            slab[a:a + values[i].size] = values[i].ravel()
+        slabs.append(jnp.asarray(slab))
+    for got, want in zip(Packed(tuple(slabs), layout).unpack(), values):
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_host_kernel_refuses_a_slab_of_the_wrong_size():
+    spec = adamgen.AdamSpec()
+    module = compile_spec(spec, "f32").kernels
+    native = kernel_for(module, "f32", HOST)
+    kernel = ffi.build(native.ctx, "cpu")
+    r = native.rendered
+    inputs = _inputs(module.function("update"), "f32", np.random.default_rng(5))
+    scalars = jnp.asarray([np.float32(inputs[k]) for k in r.scalars], jnp.float32)
+    args = [_role_arrays(role, inputs[role.name]) for role in r.roles]
+    ffi.call(kernel, scalars, args)  # the right size runs
+    packed = next(k for k, role in enumerate(r.roles) if role.packed)
+    args[packed] = [jnp.concatenate([args[packed][0], jnp.zeros(SLAB_ALIGN_BYTES // 4, jnp.float32)])]
+    with pytest.raises(Exception, match="packed slab size differs"):
+        jax.block_until_ready(ffi.call(kernel, scalars, args))

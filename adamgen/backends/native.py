@@ -125,6 +125,13 @@ class NativeExecutor(JaxExecutor):
 
     def _step_packed(self, params, grads, slots: dict, step, runtime):
         layout = next(v.layout for v in slots.values())
+        # Traced once per set of param shapes, so this check costs nothing per call.
+        shapes = tuple(tuple(int(d) for d in p.shape) for p in params)
+        if shapes != layout.shapes:
+            bad = next(i for i, (a, b) in enumerate(zip(shapes, layout.shapes)) if a != b)
+            raise ValueError(f"the packed state was made for params of other shapes (leaf {bad}: "
+                             f"{layout.shapes[bad]} in the state, {shapes[bad]} now); "
+                             "call opt.init(params) for these params")
         new_params = list(params)
         new_slabs = {k: list(v.slabs) for k, v in slots.items()}
         new_step = step + 1

@@ -123,6 +123,7 @@ constexpr int kNumOut = 1;  // per-tensor written roles
 // packed role index the packed inputs/outputs, which follow the per-tensor ones).
 constexpr int kRolePacked[kRoles] = { 0, 0, 1, 1 };
 constexpr std::size_t kRoleBytes[kRoles] = { 4, 4, 4, 4 };
+constexpr std::size_t kSlabAlignBytes = 128;  // packed tensors start at multiples
 constexpr int kNumInPacked = 2;
 constexpr int kNumOutPacked = 2;
 using RoleTypes = std::tuple<float, float, float, float>;
@@ -248,7 +249,8 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
       table.ptr[t * kRoles + r] = out != nullptr ? out : in;
     }
   }
-  // Packed roles: tensor t starts after the tensors before it in the call's slab.
+  // Packed roles: tensor t starts after the tensors before it in the call's slab, each one's
+  // size rounded up to kSlabAlignBytes (adamgen.state.PackedLayout lays slabs out the same way).
   for (int r = 0; r < kRoles; ++r) {
     if (!kRolePacked[r]) continue;
     auto b = args.get<xla::ffi::AnyBuffer>(kNumIn * T + kRoleArg[r]);
@@ -263,10 +265,11 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
       if ((*o)->untyped_data() != base)
         return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: read-write packed role is not aliased");
     }
+    const std::int64_t align = static_cast<std::int64_t>(kSlabAlignBytes / kRoleBytes[r]);
     std::int64_t offset = 0;
     for (std::size_t t = 0; t < T; ++t) {
       table.ptr[t * kRoles + r] = base + offset * static_cast<std::int64_t>(kRoleBytes[r]);
-      offset += table.size[t];
+      offset += (table.size[t] + align - 1) / align * align;
     }
     if (offset != capacity)
       return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: packed slab size differs from the tensors' total");
