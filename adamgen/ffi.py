@@ -94,12 +94,24 @@ class KernelContext:
     block_threads: int = 256           # CUDA threads per block
     vec_elems: int = 4                 # CUDA elements per vector access (16 B of f32)
     max_grid: int = 1 << 20            # CUDA grid cap; blocks stride over chunks beyond it
-    launch_param_bytes: int = 4000     # CUDA kernel-argument budget (4 KiB classic limit)
+    launch_param_bytes: int = 4000     # CUDA kernel-argument bytes (see launch_param_bytes())
     role_packed: tuple[int, ...] = ()  # per role: 1 if packed (one slab per call)
     role_bytes: tuple[int, ...] = ()   # per role: bytes per element of its storage type
     n_in_packed: int = 0               # packed read roles
     n_out_packed: int = 0              # packed written roles
     slab_align_bytes: int = SLAB_ALIGN_BYTES  # packed roles: each tensor starts at a multiple of this
+
+
+# CUDA 12.1+ passes up to 32764 bytes of kernel arguments on Volta and newer (the SASS targets
+# are sm_80 and sm_90); before that the limit was 4096.
+CUDA_MAX_PARAM_BYTES = 32764
+
+
+def launch_param_bytes(n_roles: int, n_tensors: int) -> int:
+    """Kernel-argument bytes for a CUDA launch table of `n_tensors` tensors (cuda_chunks.h.j2:
+    per tensor a pointer per role, an int64 size and two int32s; 16 bytes cover the fixed part and
+    padding), capped at what CUDA allows: more tensors than fit go to further launches."""
+    return min(CUDA_MAX_PARAM_BYTES, 16 + n_tensors * (n_roles * 8 + 16))
 
 
 def _check_ident(name: str, what: str) -> str:
@@ -116,6 +128,8 @@ def _check_positive(ctx: KernelContext) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(ctx.max_threads, int) or ctx.max_threads < 0:
         raise ValueError(f"max_threads must be a non-negative int (0: all pool threads), got {ctx.max_threads!r}")
+    if ctx.launch_param_bytes > CUDA_MAX_PARAM_BYTES:
+        raise ValueError(f"launch_param_bytes must be at most {CUDA_MAX_PARAM_BYTES}, got {ctx.launch_param_bytes}")
     if not isinstance(ctx.slab_align_bytes, int) or ctx.slab_align_bytes <= 0 or any(
             ctx.slab_align_bytes % b for b in ctx.role_bytes):
         raise ValueError(f"slab_align_bytes must be a positive multiple of every role's element size "

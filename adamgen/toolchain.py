@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,11 +112,29 @@ def find_cuda_compiler() -> Compiler:
     if on_path:
         candidates.append(Path(on_path))
     candidates.extend(_wheel_nvcc_candidates())
+    too_old = []
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
-            return Compiler("cuda", path, _first_line_version(path))
+            version = _first_line_version(path)
+            if nvcc_release(version) >= MIN_NVCC:
+                return Compiler("cuda", path, version)
+            too_old.append(f"{path} ({version})")
+    if too_old:
+        raise ToolchainError(f"nvcc {'.'.join(map(str, MIN_NVCC))} or newer is needed (kernel arguments "
+                             f"over 4 KiB), found only {too_old}; {INSTALL_HINT_CUDA}")
     raise ToolchainError(f"nvcc not found (looked in CUDA_HOME/bin, PATH, site-packages "
                          f"nvidia/*/bin); {INSTALL_HINT_CUDA}")
+
+
+# CUDA 12.1 raised the kernel-argument limit to 32764 bytes, which the launch tables use.
+MIN_NVCC = (12, 1)
+
+
+def nvcc_release(version: str) -> tuple[int, int]:
+    """(major, minor) from nvcc's version text ("... release 13.0, V13.0.88 | Build ..."); (0, 0)
+    when it names none."""
+    m = re.search(r"release (\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def compiler_version(kind: str) -> str:

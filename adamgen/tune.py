@@ -52,7 +52,7 @@ SEARCH: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
     "cpu": (("chunk_elems", (65536, 16384, 262144)), ("tensors_per_call", (32, 16, 64)),
             ("unroll", (1, 2, 4)), ("threads", (0, 1))),
     "cuda": (("chunk_elems", (65536, 16384, 262144)), ("block_threads", (256, 128, 512)),
-             ("tensors_per_call", (32, 64))),
+             ("tensors_per_call", (256, 64, 512))),
 }
 # Representative workloads: (number of tensors, elements each).
 WORKLOADS = {"small": [(64, 4096)], "large": [(1, 1 << 21), (128, 16384)]}

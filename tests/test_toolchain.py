@@ -68,6 +68,25 @@ def test_missing_nvcc_error_names_the_fix(monkeypatch):
         toolchain.find_cuda_compiler.cache_clear()
 
 
+def test_nvcc_older_than_12_1_is_passed_over_with_a_clear_error(monkeypatch, tmp_path):
+    fake = tmp_path / "bin" / "nvcc"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
+                    "echo 'Cuda compilation tools, release 12.0, V12.0.76'\necho 'Build cuda_12.0.r12.0/compiler.0'\n")
+    fake.chmod(0o755)
+    toolchain.find_cuda_compiler.cache_clear()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    monkeypatch.setattr(toolchain, "_wheel_nvcc_candidates", lambda: [])
+    try:
+        with pytest.raises(toolchain.ToolchainError, match=r"nvcc 12\.1 or newer is needed.*release 12\.0"):
+            toolchain.find_cuda_compiler()
+    finally:
+        toolchain.find_cuda_compiler.cache_clear()
+    assert toolchain.nvcc_release("Cuda compilation tools, release 13.0, V13.0.88") == (13, 0)
+    assert toolchain.nvcc_release("no version here") == (0, 0)
+
+
 def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
     monkeypatch.setenv("ADAMGEN_CACHE_DIR", str(tmp_path / "x"))
     assert toolchain.default_cache_dir() == tmp_path / "x"

@@ -46,7 +46,8 @@ def kernel_for(module: Module, dtype: str, caps: Capabilities, name: str = "upda
     ctx = ffi.make_context(f"adamgen_{name}_{dtype}", rendered.roles, len(rendered.scalars), rendered.body,
                            n_pertensor=len(rendered.pertensor), n_reduce=len(rendered.outputs),
                            chunk_elems=caps.chunk_elems, block_threads=caps.block_threads,
-                           max_threads=caps.threads, unroll=caps.unroll)
+                           max_threads=caps.threads, unroll=caps.unroll,
+                           launch_param_bytes=ffi.launch_param_bytes(len(rendered.roles), caps.tensors_per_call))
     return NativeKernel(rendered, ctx, ffi.render(ctx, caps.platform))
 
 

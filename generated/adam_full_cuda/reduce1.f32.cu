@@ -276,7 +276,7 @@ namespace adamgen_kernel {
 constexpr std::int64_t kChunk = 65536;
 constexpr int kThreads = 256;
 constexpr int kMaxGrid = 1048576;
-constexpr std::size_t kParamBytes = 4000;
+constexpr std::size_t kParamBytes = 10256;
 constexpr int kFirstSum = kRoles - kReduce;
 
 }  // namespace adamgen_kernel

@@ -316,7 +316,7 @@ constexpr std::int64_t kChunk = 65536;
 constexpr int kThreads = 256;
 constexpr int kVec = 4;
 constexpr int kMaxGrid = 1048576;
-constexpr std::size_t kParamBytes = 4000;
+constexpr std::size_t kParamBytes = 18448;
 
 }  // namespace adamgen_kernel
 // The chunk table shared by the CUDA update and reduction kernels. One launch covers up to
