@@ -57,38 +57,39 @@ def _inputs(fn, dtype, rng, shapes=SHAPES):
 PAD_SENTINEL = 7.0  # what the padding of a test slab holds; the kernels must leave it alone
 
 
-def _slab_starts(values) -> list[int]:
-    """Each tensor's start in a packed slab: sizes rounded up to SLAB_ALIGN_BYTES, computed here
+def _slab_starts(values, align_bytes: int = SLAB_ALIGN_BYTES) -> list[int]:
+    """Each tensor's start in a packed slab: sizes rounded up to `align_bytes`, computed here
     independently of adamgen.state.PackedLayout."""
     starts, at = [], 0
     for x in values:
         x = np.asarray(x)
-        align = SLAB_ALIGN_BYTES // x.dtype.itemsize
+        align = max(1, align_bytes // x.dtype.itemsize)
         starts.append(at)
         at += -(-x.size // align) * align
     return starts + [at]
 
 
-def _role_arrays(role, values) -> list:
+def _role_arrays(role, values, align_bytes: int = SLAB_ALIGN_BYTES) -> list:
     """A role's call inputs: one array per tensor, or one slab of them all when packed."""
     if not role.packed:
         return [jnp.asarray(x) for x in values]
-    starts = _slab_starts(values)
+    starts = _slab_starts(values, align_bytes)
     slab = np.full(starts[-1], PAD_SENTINEL, np.asarray(values[0]).dtype)
     for x, a in zip(values, starts):
         slab[a:a + np.size(x)] = np.ravel(np.asarray(x))
     return [jnp.asarray(slab)]
 
 
-def _unpack(role, values, shapes) -> list:
+def _unpack(role, values, shapes, align_bytes: int = SLAB_ALIGN_BYTES) -> list:
     if not role.packed:
         return values
     slab = np.asarray(values[0])
-    starts = _slab_starts([np.zeros(s, slab.dtype) for s in shapes])
+    starts = _slab_starts([np.zeros(s, slab.dtype) for s in shapes], align_bytes)
     padding = np.ones(slab.size, bool)
     for a, s in zip(starts, shapes):
         padding[a:a + int(np.prod(s))] = False
-    assert padding.any() and (slab[padding] == PAD_SENTINEL).all(), "the kernel wrote into slab padding"
+    assert (slab[padding] == PAD_SENTINEL).all(), "the kernel wrote into slab padding"
+    assert padding.any() or align_bytes < SLAB_ALIGN_BYTES
     return [slab[a:a + int(np.prod(s))].reshape(s) for a, s in zip(starts, shapes)]
 
 

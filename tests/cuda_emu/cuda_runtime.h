@@ -1,0 +1,79 @@
+// A host stand-in for the few CUDA runtime pieces adamgen's CUDA templates use, so that the
+// rendered CUDA source (chunk table, launch splitting, 16-byte vector path, scalar tails, block
+// reduction) runs on a CPU in tests/test_cuda_emulated.py. Each block's threads are std::threads
+// that meet at a std::barrier for __syncthreads(); blocks run one after another, launches one at
+// a time, so a __shared__ array (a function-local static here) belongs to one block at a time.
+#pragma once
+#include <algorithm>
+#include <barrier>
+#include <cstddef>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#define __host__
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __grid_constant__
+#define __shared__ static
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+inline thread_local dim3 threadIdx, blockIdx, gridDim, blockDim;
+inline thread_local std::barrier<>* adamgen_emu_barrier = nullptr;
+
+inline void __syncthreads() { adamgen_emu_barrier->arrive_and_wait(); }
+template <typename T>
+inline T __ldg(const T* p) { return *p; }
+using std::max;
+using std::min;
+
+inline std::mutex adamgen_emu_atomic_mutex;
+inline float atomicAdd(float* p, float v) {
+  std::lock_guard<std::mutex> hold(adamgen_emu_atomic_mutex);
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
+
+using cudaStream_t = void*;
+enum cudaError_t { cudaSuccess = 0 };
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
+inline cudaError_t cudaMemsetAsync(void* p, int value, std::size_t n, cudaStream_t) {
+  std::memset(p, value, n);
+  return cudaSuccess;
+}
+
+// The handler's stream parameter is dropped by the test's rewrite; this stands in for it.
+namespace adamgen_kernel {
+inline constexpr cudaStream_t stream = nullptr;
+}
+
+// kernel<<<grid, threads, shared, stream>>>(args...), one launch at a time (XLA may run two
+// custom calls at once; their blocks must not share the static __shared__ arrays).
+inline std::mutex adamgen_emu_launch_mutex;
+template <typename Kernel, typename... Args>
+void adamgen_emu_launch(Kernel kernel, int grid, int threads, std::size_t, cudaStream_t, const Args&... args) {
+  std::lock_guard<std::mutex> hold(adamgen_emu_launch_mutex);
+  for (int b = 0; b < grid; ++b) {
+    std::barrier<> sync(threads);
+    std::vector<std::thread> team;
+    team.reserve(threads);
+    for (int t = 0; t < threads; ++t) {
+      team.emplace_back([&, t] {
+        threadIdx.x = static_cast<unsigned>(t);
+        blockIdx.x = static_cast<unsigned>(b);
+        gridDim.x = static_cast<unsigned>(grid);
+        blockDim.x = static_cast<unsigned>(threads);
+        adamgen_emu_barrier = &sync;
+        kernel(args...);
+      });
+    }
+    for (std::thread& th : team) th.join();
+  }
+}

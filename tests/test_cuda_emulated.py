@@ -1,0 +1,132 @@
+"""The rendered CUDA source run on the CPU: everything CUDA-only in it, checked without a GPU.
+
+tests/cuda_emu/cuda_runtime.h stands in for the CUDA runtime (blocks of std::threads meeting at a
+barrier for __syncthreads, a mutex for atomicAdd). The test rewrites three things g++ cannot
+take (the `<<<...>>>` launch, the handler's stream parameter and its stream binding), compiles the
+rest as it is and registers it as an XLA FFI CPU target, so the same Python call path feeds it.
+That runs the CUDA-only code: the launch table and its splitting over several launches, the
+grid-stride chunk walk, the 16-byte vector path and its alignment test, the scalar tails, packed
+slabs, and the block reduction in shared memory. On a GPU, tests/test_native.py runs the real thing.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adamgen
+from adamgen import ffi, toolchain
+from adamgen.backends.cpp import CUDA
+from adamgen.backends.native import kernel_for
+from adamgen.compiler import compile_spec
+from adamgen.ir.interp import run_function
+from tests.test_native import SPECS, _bits, _inputs, _role_arrays, _unpack
+
+EMU_INCLUDE = Path(__file__).resolve().parent / "cuda_emu"
+# Small enough that a few tensors need several chunks, several blocks per launch and several
+# launches per call; SHAPES give full vectors, tails shorter than a vector and one-element tensors.
+SHAPES = [(7,), (1,), (300,), (5, 6), (1000,), (130,), (64,)]
+EMU = dict(chunk_elems=64, block_threads=32)
+REWRITES = ((".Ctx<xla::ffi::PlatformStream<cudaStream_t>>()", ""),
+            ("impl(cudaStream_t stream, ", "impl("))
+
+
+def emulated(ctx: ffi.KernelContext, edit: Callable[[str], str] = lambda src: src) -> ffi.Kernel:
+    """Render the CUDA flavour of `ctx` (then `edit` it), rewrite what g++ cannot compile, build it
+    for the host against the emulation header and register it as a CPU FFI target."""
+    source = edit(ffi.render(ctx, "cuda"))
+    for old, new in REWRITES:
+        assert source.count(old) == 1, f"the CUDA template changed: {old!r} no longer appears once"
+        source = source.replace(old, new)
+    source, launches = re.subn(r"(\w+)<<<([^;]*?)>>>\(([^;]*)\);", r"adamgen_emu_launch(\1, \2, \3);", source)
+    assert launches == 1, "the CUDA template changed: expected one <<<...>>> launch"
+    lib = toolchain.compile_host(source, ("-std=c++20", "-O1", f"-I{EMU_INCLUDE}", "-Wno-unknown-pragmas"))
+    name = ffi.target_name(ctx, source, "cpu")
+    ffi.register(lib, ctx.symbol, name, "cpu")
+    return ffi.Kernel(ctx, "cpu", name, lib, source)
+
+
+def _scalars(r, inputs):
+    return jnp.asarray([np.float32(inputs[k]) for k in r.scalars] or [0.0], jnp.float32)
+
+
+def _pertensor(r, inputs, n):
+    if not r.pertensor:
+        return jnp.zeros((n, 0), jnp.float32)
+    return jnp.stack([jnp.asarray(inputs[k], jnp.float32) for k in r.pertensor], axis=1)
+
+
+@pytest.mark.parametrize("layout", ["per-tensor", "packed", "packed-unaligned"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("name", ["plain", "full", "clipvalue"])
+def test_cuda_update_kernel_bit_exact_against_interpreter(name, dtype, layout):
+    """Bit for bit the interpreter's numbers, with 2 tensors per launch (so a call is 4 launches)
+    and at most 3 blocks per launch (so blocks stride over chunks). "packed-unaligned" packs the
+    slabs with no padding, so most tensors start off a 16-byte boundary: the scalar path."""
+    spec = adamgen.AdamSpec(**SPECS[name])
+    module = compile_spec(spec, dtype).kernels
+    fn = module.function("update")
+    native = kernel_for(module, dtype, replace(CUDA, packed_slots=layout != "per-tensor", **EMU))
+    r = native.rendered
+    align = 4 if layout == "packed-unaligned" else native.ctx.slab_align_bytes
+    ctx = replace(native.ctx, launch_param_bytes=ffi.launch_param_bytes(len(r.roles), 2), max_grid=3,
+                  slab_align_bytes=align)
+    kernel = emulated(ctx)
+    rng = np.random.default_rng(sum(map(ord, name + dtype + layout)))
+    inputs = _inputs(fn, dtype, rng, SHAPES)
+    want = run_function(fn, inputs, len(SHAPES))
+    args = [_role_arrays(role, inputs[role.name], align) for role in r.roles]
+    outs = ffi.call(kernel, _scalars(r, inputs), args, _pertensor(r, inputs, len(SHAPES)))
+    written = [role for role in r.roles if role.written]
+    got = {role.name: _unpack(role, values, SHAPES, align) for role, values in zip(written, outs)}
+    assert set(got) == set(want)
+    for key in want:
+        for t, (a, b) in enumerate(zip(got[key], want[key])):
+            np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=f"{key} tensor {t}")
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("name", ["full", "clipnorm"])
+def test_cuda_reduce_kernel_against_interpreter(name, dtype):
+    """Per-tensor sums through the block reduction (shared memory, __syncthreads, one atomicAdd
+    per block): another summation order than the interpreter's, so close rather than equal."""
+    spec = adamgen.AdamSpec(**SPECS[name])
+    module = compile_spec(spec, dtype).kernels
+    fn = module.function("reduce1")
+    native = kernel_for(module, dtype, replace(CUDA, **EMU), "reduce1")
+    r = native.rendered
+    ctx = replace(native.ctx, launch_param_bytes=ffi.launch_param_bytes(len(r.roles), 3), max_grid=2)
+    kernel = emulated(ctx)
+    inputs = _inputs(fn, dtype, np.random.default_rng(9), SHAPES)
+    want = run_function(fn, inputs, len(SHAPES))
+    sums = ffi.call_reduce(kernel, _scalars(r, inputs),
+                           [_role_arrays(role, inputs[role.name]) for role in r.roles if role.read])
+    assert sums.shape == (len(SHAPES), len(r.outputs))
+    for j, out in enumerate(r.outputs):
+        np.testing.assert_allclose(np.asarray(sums[:, j]).astype(np.float32), want[out].astype(np.float32),
+                                   rtol=1e-5 if dtype == "f32" else 1e-2)
+
+
+def test_emulated_kernel_catches_a_broken_chunk_walk():
+    """The harness can fail: a kernel whose blocks skip every other chunk leaves elements stale."""
+    spec = adamgen.AdamSpec()
+    module = compile_spec(spec, "f32").kernels
+    fn = module.function("update")
+    native = kernel_for(module, "f32", replace(CUDA, **EMU))
+    walk = "c += gridDim.x)"
+
+    def skip_chunks(source: str) -> str:
+        assert source.count(walk) == 1
+        return source.replace(walk, "c += 2 * gridDim.x)")
+    kernel = emulated(replace(native.ctx, max_grid=2), skip_chunks)
+    r = native.rendered
+    inputs = _inputs(fn, "f32", np.random.default_rng(2), [(1000,)])
+    want = run_function(fn, inputs, 1)
+    outs = ffi.call(kernel, _scalars(r, inputs), [_role_arrays(role, inputs[role.name]) for role in r.roles])
+    param = np.asarray(outs[[role.name for role in r.roles if role.written].index("param")][0])
+    assert not np.array_equal(param, want["param"][0])
