@@ -1,6 +1,6 @@
 """The optimizer step called on its own vs inside the caller's jit, on a 1000-tensor tree.
 
-    python bench/bench_injit.py [--tensors 1000] [--params 10000000] [--k 5]
+    python bench/bench_injit.py [--tensors 1000] [--params 10000000] [--k 5] [--variant full] [--targets cpu]
 
 Called on its own, every apply crosses the JAX call boundary with ~2000 arrays in (params,
 grads, a few slot slabs) and ~1000 out; each output array costs JAX several microseconds on this
@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamgen  # noqa: E402
-from adam_peers import LR, floor_lib  # noqa: E402
+from adam_peers import LR, VARIANTS, floor_lib  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,12 @@ def main() -> None:
     ap.add_argument("--params", type=int, default=10_000_000)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--variant", choices=list(VARIANTS), default="plain",
+                    help="plain Adam (28 B/param) or the full variant (48 B/param, two-pass floor)")
+    ap.add_argument("--targets", nargs="+", choices=["cpu", "jax"], default=["cpu", "jax"])
     args = ap.parse_args()
+    full = args.variant == "full"
+    bytes_per_param = 48 if full else 28
     rng = np.random.default_rng(0)
     sizes = rng.integers(2, 18, args.tensors).astype(float)
     sizes = np.maximum(1, (sizes * args.params / sizes.sum()).astype(int))
@@ -44,19 +49,24 @@ def main() -> None:
     host = [rng.standard_normal(int(s)).astype(np.float32) for s in sizes]
     grads = [jax.device_put((rng.standard_normal(int(s)) * 0.1).astype(np.float32)) for s in sizes]
 
-    # C floor: the same bytes in one flat in-place loop (28 B/param)
+    # C floor: the same bytes in flat in-place loops (plain: one pass, 28 B/param; full: a norm
+    # pass over the grads, then the update pass, 48 B/param)
     lib = floor_lib()
     fp = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
-    flat = [np.concatenate(host), np.concatenate([np.asarray(g) for g in grads]), np.zeros(n, np.float32),
-            np.zeros(n, np.float32)]
-    floor_fn = lib.floor_adam_step
+    flat = [np.concatenate(host), np.concatenate([np.asarray(g) for g in grads])]
+    flat += [np.zeros(n, np.float32) for _ in range(4 if full else 2)]
+    ptrs = [fp(a) for a in flat]
 
     def floor_step():
-        floor_fn(*(fp(a) for a in flat), n, LR)
+        if not full:
+            lib.floor_adam_step(*ptrs, n, LR)
+            return
+        norm = float(np.sqrt(lib.sum_squares(ptrs[1], n)))
+        lib.full_adam_step(*ptrs, n, LR, LR * 0.01, min(1.0, 1.0 / max(norm, 1e-12)))
 
     cands = {"C floor": floor_step}
-    for target in ("cpu", "jax"):
-        opt = adamgen.build(adamgen.AdamSpec(), target)
+    for target in args.targets:
+        opt = adamgen.build(adamgen.AdamSpec(**VARIANTS[args.variant]), target)
         box = {"p": [jax.device_put(h.copy()) for h in host]}
         box["s"] = opt.init(box["p"])
 
@@ -90,11 +100,15 @@ def main() -> None:
     obox = {"p": [jax.device_put(h.copy()) for h in host]}
     obox["s"] = tx.init(obox["p"])
 
-    @jax.jit
+    if full:  # Keras' order: clip, AMSGrad, decoupled decay scaled by lr; the EMA is not included
+        tx = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_amsgrad(eps=1e-7),
+                         optax.add_decayed_weights(0.01), optax.scale_by_learning_rate(LR))
+        obox["s"] = tx.init(obox["p"])
+
     def ostep(p, s, g):
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
-    ostep = jax.jit(ostep.__wrapped__ if hasattr(ostep, "__wrapped__") else ostep, donate_argnums=(0, 1))
+    ostep = jax.jit(ostep, donate_argnums=(0, 1))
     t0 = time.perf_counter()
     obox["p"], obox["s"] = ostep(obox["p"], obox["s"], grads)
     jax.block_until_ready(obox["p"])
@@ -108,12 +122,12 @@ def main() -> None:
     # JAX's own cost of the call boundary: a jit that takes the same arrays as adamgen's packed
     # step (params donated, grads, two slabs donated) and returns params and slabs without
     # touching them. No per-call step can be faster than this plus the floor.
-    ibox = {"p": [jax.device_put(h.copy()) for h in host], "m": jax.device_put(np.zeros(n, np.float32)),
-            "v": jax.device_put(np.zeros(n, np.float32))}
-    ident = jax.jit(lambda p, g, m, v: (p, m, v), donate_argnums=(0, 2, 3))
+    ibox = {"p": [jax.device_put(h.copy()) for h in host],
+            "s": [jax.device_put(np.zeros(n, np.float32)) for _ in range(4 if full else 2)]}
+    ident = jax.jit(lambda p, g, s: (p, s), donate_argnums=(0, 2))
 
     def dispatch_only():
-        ibox["p"], ibox["m"], ibox["v"] = ident(ibox["p"], grads, ibox["m"], ibox["v"])
+        ibox["p"], ibox["s"] = ident(ibox["p"], grads, ibox["s"])
         jax.block_until_ready(ibox["p"])
     dispatch_only()
     cands["JAX call boundary alone (same arrays, no work)"] = dispatch_only
@@ -128,11 +142,12 @@ def main() -> None:
             dt = time.perf_counter() - t0
             times[k].append(dt / (args.k if "in caller's jit" in k else 1))
     floor = float(np.median(times["C floor"]))
-    print(f"\n{args.tensors} tensors, {n:,} params, fp32 plain Adam, 28 B/param; medians of {args.rounds} interleaved rounds\n")
+    print(f"\n{args.tensors} tensors, {n:,} params, fp32 {args.variant} Adam, {bytes_per_param} B/param; "
+          f"medians of {args.rounds} interleaved rounds\n")
     print("| candidate | ms/step | GB/s | x floor |\n|---|---|---|---|")
     for k in cands:
         med = float(np.median(times[k]))
-        print(f"| {k} | {med * 1e3:.2f} | {28 * n / med / 1e9:.1f} | {med / floor:.2f} |")
+        print(f"| {k} | {med * 1e3:.2f} | {bytes_per_param * n / med / 1e9:.1f} | {med / floor:.2f} |")
 
 
 if __name__ == "__main__":
