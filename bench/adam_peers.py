@@ -194,6 +194,31 @@ class Adamgen(Peer):
 
 
 # -- optax ------------------------------------------------------------------------------------------
+def optax_transform(variant: str):
+    """optax's counterpart of a variant, and a note saying what it is."""
+    import optax
+    if variant == "plain":
+        return optax.adam(LR, eps=EPS), "optax.adam"
+    # Keras' order: clip the grads, decoupled decay scaled by lr, AMSGrad; the EMA by hand (optax_step)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_amsgrad(eps=EPS),
+                     optax.add_decayed_weights(0.01), optax.scale_by_learning_rate(LR))
+    return tx, "chain(clip_by_global_norm, scale_by_amsgrad, add_decayed_weights) + EMA tree_map"
+
+
+def optax_step(tx):
+    """jit(step(params, opt_state, averages or None, grads)) with params, state and averages donated."""
+    import optax
+
+    def step(p, s, avg, g):
+        updates, s = tx.update(g, s, p)
+        p = optax.apply_updates(p, updates)
+        if avg is not None:
+            avg = jax.tree_util.tree_map(lambda a, x: a * 0.99 + x * 0.01, avg, p)
+        return p, s, avg
+
+    return jax.jit(step, donate_argnums=(0, 1, 2))
+
+
 class Optax(Peer):
     name = "optax jit+donate"
 
@@ -203,23 +228,8 @@ class Optax(Peer):
         self.wl.jax_grads()
 
     def init(self) -> None:
-        import optax
-        if self.variant == "plain":
-            tx = optax.adam(LR, eps=EPS)
-            self.note = "optax.adam"
-        else:  # Keras' order: clip the grads, decoupled decay scaled by lr, AMSGrad; EMA by hand
-            tx = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_amsgrad(eps=EPS),
-                             optax.add_decayed_weights(0.01), optax.scale_by_learning_rate(LR))
-            self.note = "chain(clip_by_global_norm, scale_by_amsgrad, add_decayed_weights) + EMA tree_map"
-
-        def step(p, s, avg, g):
-            updates, s = tx.update(g, s, p)
-            p = optax.apply_updates(p, updates)
-            if avg is not None:
-                avg = jax.tree_util.tree_map(lambda a, x: a * 0.99 + x * 0.01, avg, p)
-            return p, s, avg
-
-        self.fn = jax.jit(step, donate_argnums=(0, 1, 2))
+        tx, self.note = optax_transform(self.variant)
+        self.fn = optax_step(tx)
         self.p, self.g = self.wl.jax_params(), self.wl.jax_grads()
         self.s = tx.init(self.p)
         self.avg = jax.tree_util.tree_map(jnp.copy, self.p) if self.variant == "full" else None

@@ -38,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamgen  # noqa: E402
-from adam_peers import EPS, LR, VARIANTS  # noqa: E402
+from adam_peers import EPS, LR, VARIANTS, optax_step, optax_transform  # noqa: E402
 from bench_adam import BYTES, make_workload  # noqa: E402
 
 Step = Callable[[], None]
@@ -129,22 +129,9 @@ def adamgen_steps(wl, variant: str, target: str, k: int) -> dict[str, Step]:
     return steps
 
 
-def optax_step(wl, variant: str) -> Step:
-    import optax
-    if variant == "plain":
-        tx = optax.adam(LR, eps=EPS)
-    else:
-        tx = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_amsgrad(eps=EPS),
-                         optax.add_decayed_weights(0.01), optax.scale_by_learning_rate(LR))
-
-    def step(p, s, avg, g):
-        updates, s = tx.update(g, s, p)
-        p = optax.apply_updates(p, updates)
-        if avg is not None:
-            avg = jax.tree_util.tree_map(lambda a, x: a * 0.99 + x * 0.01, avg, p)
-        return p, s, avg
-
-    fn = jax.jit(step, donate_argnums=(0, 1, 2))
+def optax_candidate(wl, variant: str) -> Step:
+    tx = optax_transform(variant)[0]
+    fn = optax_step(tx)
     grads = [jnp.asarray(g) for g in wl.grads]
     box = {"p": [jnp.array(p) for p in wl.params]}
     box["s"] = tx.init(box["p"])
@@ -224,7 +211,7 @@ def run_workload(key: str, variant: str, target: str, scale: int, rounds: int, k
     copy_name, copy = copy_step(n_bytes, target)
     steps: dict[str, Step] = {copy_name: copy}
     steps.update(adamgen_steps(wl, variant, target, k))
-    steps["optax jit+donate"] = optax_step(wl, variant)
+    steps["optax jit+donate"] = optax_candidate(wl, variant)
     dev = torch_device(target)
     if dev is not None:
         steps["torch fused"] = torch_step(wl, variant, "fused", dev)

@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamgen  # noqa: E402
-from adam_peers import LR, VARIANTS, floor_lib  # noqa: E402
+from adam_peers import LR, VARIANTS, floor_lib, optax_step, optax_transform  # noqa: E402
 
 
 def main() -> None:
@@ -95,29 +95,20 @@ def main() -> None:
         cands[f"adamgen {target}, per call"] = per_call
         cands[f"adamgen {target}, in caller's jit (/{args.k})"] = in_jit
 
-    import optax
-    tx = optax.adam(LR)
+    tx = optax_transform(args.variant)[0]  # the EMA of the full variant is left out here
     obox = {"p": [jax.device_put(h.copy()) for h in host]}
     obox["s"] = tx.init(obox["p"])
 
-    if full:  # Keras' order: clip, AMSGrad, decoupled decay scaled by lr; the EMA is not included
-        tx = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_amsgrad(eps=1e-7),
-                         optax.add_decayed_weights(0.01), optax.scale_by_learning_rate(LR))
-        obox["s"] = tx.init(obox["p"])
-
-    def ostep(p, s, g):
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-    ostep = jax.jit(ostep, donate_argnums=(0, 1))
+    ostep = optax_step(tx)
     t0 = time.perf_counter()
-    obox["p"], obox["s"] = ostep(obox["p"], obox["s"], grads)
+    obox["p"], obox["s"], _ = ostep(obox["p"], obox["s"], None, grads)
     jax.block_until_ready(obox["p"])
     print(f"optax: first step (compile) {time.perf_counter() - t0:.1f} s")
 
-    def optax_step():
-        obox["p"], obox["s"] = ostep(obox["p"], obox["s"], grads)
+    def optax_call():
+        obox["p"], obox["s"], _ = ostep(obox["p"], obox["s"], None, grads)
         jax.block_until_ready(obox["p"])
-    cands["optax jit+donate, per call"] = optax_step
+    cands["optax jit+donate, per call"] = optax_call
 
     # JAX's own cost of the call boundary: a jit that takes the same arrays as adamgen's packed
     # step (params donated, grads, two slabs donated) and returns params and slabs without
