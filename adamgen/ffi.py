@@ -94,7 +94,7 @@ class KernelContext:
     block_threads: int = 256           # CUDA threads per block
     vec_elems: int = 4                 # CUDA elements per vector access (16 B of f32)
     max_grid: int = 1 << 20            # CUDA grid cap; blocks stride over chunks beyond it
-    launch_param_bytes: int = 4000     # CUDA kernel-argument bytes (see launch_param_bytes())
+    launch_param_bytes: int = 4000     # CUDA launch-table bytes (see launch_param_bytes())
     role_packed: tuple[int, ...] = ()  # per role: 1 if packed (one slab per call)
     role_bytes: tuple[int, ...] = ()   # per role: bytes per element of its storage type
     n_in_packed: int = 0               # packed read roles
@@ -103,14 +103,18 @@ class KernelContext:
 
 
 # CUDA 12.1+ passes up to 32764 bytes of kernel arguments on Volta and newer (the SASS targets
-# are sm_80 and sm_90); before that the limit was 4096.
-CUDA_MAX_PARAM_BYTES = 32764
+# are sm_80 and sm_90); before that the limit was 4096. The table gets that less room for the
+# kernels' other arguments (at most three pointers: scalars, per-tensor values, reduce output).
+CUDA_ARG_LIMIT_BYTES = 32764
+CUDA_OTHER_ARG_BYTES = 32
+CUDA_MAX_PARAM_BYTES = CUDA_ARG_LIMIT_BYTES - CUDA_OTHER_ARG_BYTES
 
 
 def launch_param_bytes(n_roles: int, n_tensors: int) -> int:
     """Kernel-argument bytes for a CUDA launch table of `n_tensors` tensors (cuda_chunks.h.j2:
     per tensor a pointer per role, an int64 size and two int32s; 16 bytes cover the fixed part and
-    padding), capped at what CUDA allows: more tensors than fit go to further launches."""
+    padding, as the template's kMaxTensors reserves), capped at what CUDA allows: more tensors than
+    fit go to further launches."""
     return min(CUDA_MAX_PARAM_BYTES, 16 + n_tensors * (n_roles * 8 + 16))
 
 
@@ -190,7 +194,8 @@ def render(ctx: KernelContext, platform: str) -> str:
     if platform not in TEMPLATES:
         raise ValueError(f"unknown platform {platform!r}; allowed: {sorted(TEMPLATES)}")
     table = REDUCE_TEMPLATES if ctx.n_reduce else TEMPLATES
-    return ENV.get_template(table[platform]).render(**asdict(ctx), loop_pragma=loop_pragma(ctx.unroll))
+    return ENV.get_template(table[platform]).render(**asdict(ctx), loop_pragma=loop_pragma(ctx.unroll),
+                                                    cuda_arg_limit_bytes=CUDA_ARG_LIMIT_BYTES)
 
 
 def loop_pragma(unroll: int) -> str:

@@ -13,7 +13,8 @@ process, interleaved round-robin, medians of the rounds:
   read plus the bytes written.
 - adamgen per call (`opt.apply` on its own, tree layout), in the caller's jit (K steps unrolled in
   one jit, time / K), and flat (params kept as one buffer).
-- optax (jit + donation) and torch.optim.Adam fused and foreach, on the same device.
+- optax (jit + donation; when installed) and torch.optim.Adam fused and foreach (when torch sees the
+  device), on the same device.
 
 GB/s of an optimizer = the bytes its variant must move (28 or 48 B/param, as bench/bench_adam.py)
 over its time; "% of copy" compares that with the copy's GB/s. Before timing, adamgen's first step
@@ -59,6 +60,14 @@ def _torch():
         return torch
     except Exception:  # noqa: BLE001 - torch is optional
         return None
+
+
+def optax_available() -> bool:
+    try:
+        import optax  # noqa: F401
+        return True
+    except ImportError:
+        return False
 
 
 def torch_device(target: str) -> str | None:
@@ -178,12 +187,8 @@ def check_against_oracle(wl, variant: str, target: str) -> float:
 
 
 def time_round_robin(steps: dict[str, Step], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    first: dict[str, float] = {}
-    for name, fn in steps.items():
-        t0 = time.perf_counter()
-        fn()
-        first[name] = time.perf_counter() - t0
-        for _ in range(warmup - 1):
+    for fn in steps.values():
+        for _ in range(warmup):  # compiles, allocator warm-up
             fn()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
@@ -211,7 +216,8 @@ def run_workload(key: str, variant: str, target: str, scale: int, rounds: int, k
     copy_name, copy = copy_step(n_bytes, target)
     steps: dict[str, Step] = {copy_name: copy}
     steps.update(adamgen_steps(wl, variant, target, k))
-    steps["optax jit+donate"] = optax_candidate(wl, variant)
+    if optax_available():
+        steps["optax jit+donate"] = optax_candidate(wl, variant)
     dev = torch_device(target)
     if dev is not None:
         steps["torch fused"] = torch_step(wl, variant, "fused", dev)

@@ -5,7 +5,9 @@
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 KERAS_BACKEND=jax PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# JAX would take 75% of the GPU at start-up; torch shares the process in bench_gpu.py.
+export PYTHONUNBUFFERED=1 KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false \
+  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 { nvidia-smi; nvcc --version; python3 -c "import jax; print('jax', jax.__version__, jax.devices())"; } \
   2>&1 | tee "$out/env.log"
 # The host-side tests on the CPU backend (with a GPU present JAX would place their arrays on it,

@@ -10,11 +10,13 @@ slabs, and the block reduction in shared memory. On a GPU, tests/test_native.py 
 """
 from __future__ import annotations
 
+import ctypes
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -43,6 +45,10 @@ def emulated(ctx: ffi.KernelContext, edit: Callable[[str], str] = lambda src: sr
     for old, new in REWRITES:
         assert source.count(old) == 1, f"the CUDA template changed: {old!r} no longer appears once"
         source = source.replace(old, new)
+    vector_test = "if (all_aligned(AllRoles{}, p)) {"
+    if ctx.n_reduce == 0:  # the update kernel: count the chunks that take the vector path
+        assert source.count(vector_test) == 1, "the CUDA template changed: no single alignment test"
+        source = source.replace(vector_test, "if (all_aligned(AllRoles{}, p) && adamgen_emu_count_vector()) {")
     source, launches = re.subn(r"(\w+)<<<([^;]*?)>>>\(([^;]*)\);", r"adamgen_emu_launch(\1, \2, \3);", source)
     assert launches == 1, "the CUDA template changed: expected one <<<...>>> launch"
     lib = toolchain.compile_host(source, ("-std=c++20", "-O1", f"-I{EMU_INCLUDE}", "-Wno-unknown-pragmas"))
@@ -81,7 +87,15 @@ def test_cuda_update_kernel_bit_exact_against_interpreter(name, dtype, layout):
     inputs = _inputs(fn, dtype, rng, SHAPES)
     want = run_function(fn, inputs, len(SHAPES))
     args = [_role_arrays(role, inputs[role.name], align) for role in r.roles]
-    outs = ffi.call(kernel, _scalars(r, inputs), args, _pertensor(r, inputs, len(SHAPES)))
+    counter = ctypes.CDLL(str(kernel.lib_path)).adamgen_emu_vector_count
+    counter.restype = ctypes.c_long
+    before = counter()
+    outs = jax.block_until_ready(ffi.call(kernel, _scalars(r, inputs), args, _pertensor(r, inputs, len(SHAPES))))
+    vector_chunks, n_chunks = counter() - before, sum(-(-int(np.prod(s)) // EMU["chunk_elems"]) for s in SHAPES)
+    if layout == "packed-unaligned":  # tensors off a 16-byte boundary take the scalar path
+        assert 0 < vector_chunks < n_chunks
+    else:  # every chunk of every tensor takes the vector path
+        assert vector_chunks == n_chunks
     written = [role for role in r.roles if role.written]
     got = {role.name: _unpack(role, values, SHAPES, align) for role, values in zip(written, outs)}
     assert set(got) == set(want)

@@ -220,11 +220,16 @@ def test_host_reduce_kernel_against_interpreter(name, dtype):
                                    rtol=1e-5 if dtype == "f32" else 1e-2)
 
 
-@pytest.mark.parametrize("kernel_name, name", [("update", "plain"), ("update", "full"), ("reduce1", "full")])
-def test_rendered_cuda_compiles_without_spills(kernel_name, name):
+@pytest.mark.parametrize("kernel_name, name, tensors_per_call", [
+    ("update", "plain", None), ("update", "full", None), ("reduce1", "full", None),
+    ("update", "full", 5000)])  # the launch table at CUDA's kernel-argument limit
+def test_rendered_cuda_compiles_without_spills(kernel_name, name, tensors_per_call):
     """nvcc builds SASS for sm_80 and sm_90 plus PTX; ptxas reports no spills."""
     spec = adamgen.AdamSpec(**SPECS[name])
-    native = kernel_for(compile_spec(spec, "f32").kernels, "f32", CUDA, kernel_name)
+    caps = replace(CUDA, tensors_per_call=tensors_per_call or CUDA.tensors_per_call)
+    native = kernel_for(compile_spec(spec, "f32").kernels, "f32", caps, kernel_name)
+    if tensors_per_call:
+        assert native.ctx.launch_param_bytes == ffi.CUDA_MAX_PARAM_BYTES
     report = toolchain.ptxas_report(native.source)
     assert "sm_90" in report and "sm_80" in report
     assert "spill" in report
@@ -245,6 +250,25 @@ def test_cuda_target_matches_oracle_on_gpu(name):
     s = opt.init(p)
     rp, rs = list(params), ref.init(params)
     for k in range(5):
+        g = [(rng.standard_normal(x.shape) * 0.3).astype(np.float32) for x in params]
+        p, s = opt.apply([jnp.asarray(x) for x in g], s, p)
+        rp, rs = ref.apply(g, rs, rp)
+    for a, b in zip(p, rp):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU; runs on a lent H100/H200 (device tool)")
+def test_cuda_target_many_odd_sized_tensors_on_gpu():
+    """600 tensors of odd sizes: several custom calls and packed slabs with padding on the device."""
+    spec = adamgen.AdamSpec(**SPECS["full"])
+    rng = np.random.default_rng(4)
+    params = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(1, 3000, 600)]
+    opt, ref = adamgen.build(spec, "cuda"), adamgen.build(spec, "numpy")
+    p = [jnp.asarray(x) for x in params]
+    s = opt.init(p)
+    assert len(s.momentums.slabs) > 1
+    rp, rs = list(params), ref.init(params)
+    for _ in range(4):
         g = [(rng.standard_normal(x.shape) * 0.3).astype(np.float32) for x in params]
         p, s = opt.apply([jnp.asarray(x) for x in g], s, p)
         rp, rs = ref.apply(g, rs, rp)

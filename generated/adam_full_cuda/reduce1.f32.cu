@@ -287,7 +287,7 @@ constexpr int kFirstSum = kRoles - kReduce;
 namespace adamgen_kernel {
 
 constexpr int kMaxTensors = static_cast<int>(
-    (kParamBytes - 2 * sizeof(std::int32_t)) /
+    (kParamBytes - 16) /  // the last chunk_start, n_tensors and up to 8 bytes of padding
     (kRoles * sizeof(void*) + sizeof(std::int64_t) + 2 * sizeof(std::int32_t)));
 
 struct LaunchArgs {
@@ -298,6 +298,8 @@ struct LaunchArgs {
   std::int32_t n_tensors;
 };
 static_assert(sizeof(LaunchArgs) <= kParamBytes, "kernel arguments too large");
+// The table plus the kernel's other arguments (at most three pointers) within CUDA's limit.
+static_assert(sizeof(LaunchArgs) + 3 * sizeof(void*) <= 32764, "kernel arguments over CUDA's limit");
 
 struct ChunkRef {
   int slot;            // tensor slot in this launch

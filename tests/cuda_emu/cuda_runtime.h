@@ -5,6 +5,7 @@
 // a time, so a __shared__ array (a function-local static here) belongs to one block at a time.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cstddef>
 #include <cstring>
@@ -38,6 +39,17 @@ inline float atomicAdd(float* p, float v) {
   const float old = *p;
   *p = old + v;
   return old;
+}
+
+// Chunks that took the 16-byte vector path (counted by thread 0 of a block; the test's rewrite
+// puts adamgen_emu_count_vector() into the kernel's alignment test).
+inline std::atomic<long> adamgen_emu_vector_chunks{0};
+inline bool adamgen_emu_count_vector() {
+  if (threadIdx.x == 0) adamgen_emu_vector_chunks.fetch_add(1);
+  return true;
+}
+extern "C" __attribute__((visibility("default"))) long adamgen_emu_vector_count() {
+  return adamgen_emu_vector_chunks.load();
 }
 
 using cudaStream_t = void*;
