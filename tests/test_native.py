@@ -319,6 +319,46 @@ def test_packed_slots_equal_per_tensor_slots_over_steps(name):
     assert jax.tree_util.tree_structure(s1.momentums) == jax.tree_util.tree_structure(params)
 
 
+@pytest.mark.parametrize("name", ["plain", "full"])
+def test_cpu_target_apply_inside_the_callers_jit(name):
+    """apply is traceable: two steps inside one jit give the bits of two standalone calls."""
+    spec = adamgen.AdamSpec(**SPECS[name])
+    rng = np.random.default_rng(8)
+    params = {f"w{i}": rng.standard_normal(int(n)).astype(np.float32) for i, n in enumerate([5, 300, 1, 64])}
+    grads = [jax.tree_util.tree_map(lambda x: (rng.standard_normal(x.shape) * 0.1).astype(np.float32), params)
+             for _ in range(2)]
+    opt = adamgen.build(spec, "cpu")
+
+    def two_steps(p, s, g0, g1):
+        p, s = opt.apply(g0, s, p)
+        return opt.apply(g1, s, p)
+
+    p = jax.tree_util.tree_map(jnp.asarray, params)
+    p_jit, s_jit = jax.jit(two_steps)(p, opt.init(p), *grads)
+    p = jax.tree_util.tree_map(jnp.asarray, params)
+    s = opt.init(p)
+    for g in grads:
+        p, s = opt.apply(g, s, p)
+    assert int(s_jit.iterations) == int(s.iterations) == 2
+    for a, b in zip(jax.tree_util.tree_leaves((p_jit, s_jit.unpacked())), jax.tree_util.tree_leaves((p, s.unpacked()))):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+def test_cpu_target_refuses_params_on_another_device():
+    class OnGpu:  # what a jax array on a GPU reports; this machine may have none
+        shape, dtype = (3,), np.dtype(np.float32)
+
+        def devices(self):
+            return {type("Device", (), {"platform": "gpu"})()}
+
+    opt = adamgen.build(adamgen.AdamSpec(), "cpu")
+    state = opt.init([jnp.zeros(3)])
+    with pytest.raises(ValueError, match=r"cpu target's kernels run on cpu devices, and the params are on \['gpu'\]"):
+        opt.apply([jnp.zeros(3)], state, [OnGpu()])
+    p, state = opt.apply([jnp.ones(3)], state, [jnp.zeros(3)])  # on the CPU it runs
+    assert np.asarray(p[0]).shape == (3,)
+
+
 def test_packed_state_for_other_params_is_refused():
     opt = adamgen.build(adamgen.AdamSpec(), "cpu")
     state = opt.init({"a": jnp.zeros(3), "b": jnp.zeros(4)})

@@ -25,6 +25,7 @@ from adamgen.ir.node import Module
 from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
 
 SOURCE_SUFFIX = {"cpu": "cc", "cuda": "cu"}
+JAX_PLATFORM_OF = {"cpu": "cpu", "cuda": "gpu"}  # a native target's platform -> jax Device.platform
 # The Capabilities fields a tuner may set; the artifact manifest records each of them.
 TUNABLE = ("chunk_elems", "tensors_per_call", "block_threads", "threads", "unroll", "packed_slots")
 
@@ -111,7 +112,20 @@ class NativeExecutor(JaxExecutor):
             return None
         return PackedLayout.for_leaves(leaves, treedef, self.caps.tensors_per_call)
 
+    def _check_device(self, leaf) -> None:
+        """The kernels are registered for one platform: with params on another device XLA would
+        fail to find a handler, so say what to do instead. One leaf, outside any trace."""
+        if isinstance(leaf, jax.core.Tracer) or not hasattr(leaf, "devices"):
+            return
+        want = JAX_PLATFORM_OF[self.caps.platform]
+        found = sorted({d.platform for d in leaf.devices()})
+        if found != [want]:
+            raise ValueError(f"the {self.caps.platform} target's kernels run on {want} devices, and the params "
+                             f"are on {found}; put them there (jax.device_put(params, jax.devices({want!r})[0])) "
+                             f"or build for the target of that device")
+
     def step(self, params: list, grads: list, slots: dict, step, runtime: dict):
+        self._check_device(params[0])
         if not any(isinstance(v, Packed) for v in slots.values()):
             return super().step(params, grads, slots, step, runtime)
         layout = next(v.layout for v in slots.values())
