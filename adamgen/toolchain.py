@@ -10,6 +10,7 @@ never leaves a torn library behind.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import os
@@ -203,6 +204,19 @@ def compile_cuda(source: str, flags: tuple[str, ...] = (), *,
                  cache_dir: Path | None = None) -> Path:
     """Compile CUDA ``source`` to a shared library holding sm_80/sm_90 SASS and PTX."""
     return _build(find_cuda_compiler(), source, ".cu", cuda_flags(tuple(flags)), ".so", cache_dir)
+
+
+def compile_all(sources: list[str], platform: str) -> list[Path]:
+    """Compile several kernel sources for ``platform`` ("cpu": g++, "cuda": nvcc) at once, one
+    compiler process per core: a build's kernels (the update and a reduction, per dtype) are
+    independent, and each compile is seconds of header parsing and optimisation."""
+    if platform not in ("cpu", "cuda"):
+        raise ValueError(f"platform must be 'cpu' or 'cuda', got {platform!r}")
+    compile_fn = compile_host if platform == "cpu" else compile_cuda
+    if len(sources) <= 1:
+        return [compile_fn(src) for src in sources]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(sources), os.cpu_count() or 1)) as pool:
+        return list(pool.map(compile_fn, sources))
 
 
 def ptxas_report(source: str, flags: tuple[str, ...] = ()) -> str:

@@ -46,6 +46,17 @@ def test_compile_host_caches_by_content(tmp_path):
     assert not leftovers
 
 
+def test_compile_all_builds_each_source_in_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADAMGEN_CACHE_DIR", str(tmp_path))
+    sources = [ADD_ONE.replace("x + 1", f"x + {k}") for k in (1, 2, 3)]
+    assert all(f"x + {k}" in src for k, src in zip((1, 2, 3), sources))
+    libs = toolchain.compile_all(sources, "cpu")
+    assert [ctypes.CDLL(str(lib)).add_one(40) for lib in libs] == [41, 42, 43]
+    assert toolchain.compile_all([], "cpu") == []
+    with pytest.raises(ValueError, match="platform must be 'cpu' or 'cuda'"):
+        toolchain.compile_all(sources, "tpu")
+
+
 def test_compile_error_shows_numbered_source_and_stderr(tmp_path):
     with pytest.raises(toolchain.ToolchainError) as info:
         toolchain.compile_host("int f() {\n  return nope;\n}\n", cache_dir=tmp_path)

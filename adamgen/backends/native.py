@@ -88,19 +88,17 @@ class NativeExecutor(JaxExecutor):
     def module(self, dtype: str) -> Module:
         module = super().module(dtype)
         if dtype not in self.kernels:
-            built = {}
-            for name in native_kernel_names(module):
-                native = kernel_for(module, dtype, self.caps, name)
-                built[name] = (native, self._build(native, f"{name}.{dtype}"))
-            self.kernels[dtype] = built
+            natives = {name: kernel_for(module, dtype, self.caps, name) for name in native_kernel_names(module)}
+            missing = [name for name in natives if f"{name}.{dtype}" not in self._binaries]
+            compiled = dict(zip(missing, toolchain.compile_all([natives[n].source for n in missing],
+                                                               self.caps.platform)))
+            self.kernels[dtype] = {
+                name: (native, self._register(native, self._binaries.get(f"{name}.{dtype}") or compiled[name]))
+                for name, native in natives.items()}
         return module
 
-    def _build(self, native: NativeKernel, key: str) -> ffi.Kernel:
+    def _register(self, native: NativeKernel, lib: Path) -> ffi.Kernel:
         platform = self.caps.platform
-        lib = self._binaries.get(key)
-        if lib is None:
-            compile_fn = toolchain.compile_host if platform == "cpu" else toolchain.compile_cuda
-            lib = compile_fn(native.source)
         name = ffi.target_name(native.ctx, native.source, platform)
         ffi.register(lib, native.ctx.symbol, name, platform)
         return ffi.Kernel(native.ctx, platform, name, Path(lib), native.source)
@@ -235,14 +233,14 @@ def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, .
 
     caps = caps or CAPABILITIES[target]
     compiler = toolchain.find_host_compiler() if target == "cpu" else toolchain.find_cuda_compiler()
-    compile_fn = toolchain.compile_host if target == "cpu" else toolchain.compile_cuda
     binaries: dict[str, bytes] = {}
 
     def extra_files(dtype: str, module: Module) -> dict[str, bytes]:
+        natives = {name: kernel_for(module, dtype, caps, name) for name in native_kernel_names(module)}
+        libs = toolchain.compile_all([native.source for native in natives.values()], caps.platform)
         files = {}
-        for name in native_kernel_names(module):
-            native = kernel_for(module, dtype, caps, name)
-            binaries[f"{name}.{dtype}.so"] = Path(compile_fn(native.source)).read_bytes()
+        for (name, native), lib in zip(natives.items(), libs):
+            binaries[f"{name}.{dtype}.so"] = Path(lib).read_bytes()
             files[f"{name}.{dtype}.{SOURCE_SUFFIX[target]}"] = native.source.encode()
         return files
 
