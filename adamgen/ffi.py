@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -311,17 +312,30 @@ def _flat_inputs(ctx: KernelContext, inputs: Sequence[Sequence[jax.Array]]) -> t
     return flat, n_tensors, [x.shape for x in per_tensor[0]], {r: role[0] for r, role in packed.items()}
 
 
+def reduce_chunks(ctx: KernelContext, shapes: Sequence[Sequence[int]]) -> int:
+    """Chunks a reduction call walks: ceil(size / chunk_elems) per tensor, none for an empty one
+    (the order the templates number them in)."""
+    return sum(-(-math.prod(shape) // ctx.chunk_elems) for shape in shapes)
+
+
 def call_reduce(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array]],
                 pertensor: jax.Array | None = None) -> jax.Array:
-    """One reduction call over every tensor; returns f32[T, n_reduce] per-tensor sums."""
+    """One reduction call over every tensor; returns f32[T, n_reduce] per-tensor sums.
+
+    The call's second output, f32[n_chunks * n_reduce], holds each chunk's partial sums; the
+    kernels add them per tensor in chunk order, so a sum never depends on which thread or block
+    finished first."""
     ctx = kernel.ctx
-    flat_in, n_tensors, _, _ = _flat_inputs(ctx, inputs)
+    flat_in, n_tensors, shapes, _ = _flat_inputs(ctx, inputs)
     if pertensor is None:
         pertensor = jnp.zeros((n_tensors, ctx.n_pertensor), jnp.float32)
     pt = jnp.concatenate([jnp.ravel(pertensor).astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
-    fn = jax.ffi.ffi_call(kernel.target, jax.ShapeDtypeStruct((n_tensors * ctx.n_reduce,), jnp.float32),
+    n_partials = max(1, reduce_chunks(ctx, shapes)) * ctx.n_reduce
+    fn = jax.ffi.ffi_call(kernel.target, (jax.ShapeDtypeStruct((n_tensors * ctx.n_reduce,), jnp.float32),
+                                          jax.ShapeDtypeStruct((n_partials,), jnp.float32)),
                           vmap_method="sequential")
-    return fn(jnp.asarray(scalars, jnp.float32), pt, *flat_in).reshape(n_tensors, ctx.n_reduce)
+    sums, _ = fn(jnp.asarray(scalars, jnp.float32), pt, *flat_in)
+    return sums.reshape(n_tensors, ctx.n_reduce)
 
 
 def _np_dtype(ffi_dtype: str) -> np.dtype:

@@ -2,7 +2,8 @@
 // Per tensor t and reduced value j: out[t * kReduce + j] = sum over elements. One launch covers
 // up to kMaxTensors tensors (pointer table in a __grid_constant__ argument, as the update
 // kernel); each block sums its chunk in float, reduces across the block in shared memory and
-// adds the block's sum to the output with one atomicAdd (so the order across blocks varies).
+// writes the chunk's partial sums; a second kernel adds each tensor's partials in chunk order,
+// so the result is the same on every run, whichever block finishes first.
 #include <algorithm>
 #include <vector>
 
@@ -202,8 +203,9 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
   if (args.size() < static_cast<std::size_t>(kNumInPacked) || (args.size() - kNumInPacked) % kNumIn != 0)
     return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: tensor inputs not a multiple of 1");
   const std::size_t T = (args.size() - kNumInPacked) / kNumIn;
-  // an update returns its written roles; a reduction returns one f32[T * kReduce] buffer
-  if (rets.size() != T * kNumOut + kNumOutPacked + (kReduce > 0 ? 1 : 0))
+  // an update returns its written roles; a reduction returns f32[T * kReduce] sums and the
+  // f32[n_chunks * kReduce] partial sums they are added from
+  if (rets.size() != T * kNumOut + kNumOutPacked + (kReduce > 0 ? 2 : 0))
     return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: expected 0 outputs per tensor");
   if (pertensor.element_type() != xla::ffi::F32 ||
       pertensor.element_count() < T * static_cast<std::size_t>(kPerTensor))
@@ -267,6 +269,20 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
       return Error(ErrorCode::kInvalidArgument, "adamgen_reduce1_f32: packed slab size differs from the tensors' total");
   }
   return Error::Success();
+}
+
+// Reductions: the call's second output holds kReduce partial sums per chunk, which the kernels
+// add per tensor in chunk order (ffi.call_reduce sizes it).
+inline xla::ffi::Error partials_buffer(const xla::ffi::RemainingRets& rets, std::int64_t n_chunks,
+                                       float*& partial) {
+  auto b = rets.get<xla::ffi::AnyBuffer>(1);
+  if (b.has_error()) return b.error();
+  if ((*b)->element_type() != xla::ffi::F32 ||
+      static_cast<std::int64_t>((*b)->element_count()) < n_chunks * kReduce)
+    return xla::ffi::Error(xla::ffi::ErrorCode::kInvalidArgument,
+                           "adamgen_reduce1_f32: the partial-sum output must be f32[n_chunks * kReduce]");
+  partial = static_cast<float*>((*b)->untyped_data());
+  return xla::ffi::Error::Success();
 }
 
 }  // namespace adamgen_kernel
@@ -347,7 +363,7 @@ namespace adamgen_kernel {
 
 __global__ void __launch_bounds__(kThreads)
 multi_tensor_reduce(const __grid_constant__ LaunchArgs a, const float* __restrict__ scalars,
-                    const float* __restrict__ pertensor, float* __restrict__ out) {
+                    const float* __restrict__ pertensor, float* __restrict__ partial) {
   __shared__ float shared[kReduce][kThreads];
   float s[kScalars > 0 ? kScalars : 1];
 #pragma unroll
@@ -379,18 +395,39 @@ multi_tensor_reduce(const __grid_constant__ LaunchArgs a, const float* __restric
     }
     if (threadIdx.x == 0) {
 #pragma unroll
-      for (int j = 0; j < kReduce; ++j) atomicAdd(out + static_cast<std::int64_t>(a.tensor[lo]) * kReduce + j, shared[j][0]);
+      for (int j = 0; j < kReduce; ++j) partial[static_cast<std::int64_t>(c) * kReduce + j] = shared[j][0];
     }
     __syncthreads();
   }
 }
 
-xla::ffi::Error launch(cudaStream_t stream, const LaunchArgs& a, const float* s, const float* pt, float* out) {
+// Tensor i of the launch: its chunks' partial sums, added in chunk order.
+__global__ void __launch_bounds__(kThreads)
+combine_partials(const __grid_constant__ LaunchArgs a, const float* __restrict__ partial,
+                 float* __restrict__ out) {
+  for (int i = blockIdx.x * kThreads + threadIdx.x; i < a.n_tensors; i += gridDim.x * kThreads) {
+#pragma unroll
+    for (int j = 0; j < kReduce; ++j) {
+      float total = 0.0f;
+      for (std::int32_t c = a.chunk_start[i]; c < a.chunk_start[i + 1]; ++c)
+        total += partial[static_cast<std::int64_t>(c) * kReduce + j];
+      out[static_cast<std::int64_t>(a.tensor[i]) * kReduce + j] = total;
+    }
+  }
+}
+
+// `partial`: this launch's first chunk in the partial-sum output.
+xla::ffi::Error launch(cudaStream_t stream, const LaunchArgs& a, const float* s, const float* pt,
+                       float* partial, float* out) {
   const std::int32_t n_chunks = a.chunk_start[a.n_tensors];
   if (n_chunks == 0) return xla::ffi::Error::Success();
   const int grid = static_cast<int>(std::min<std::int64_t>(n_chunks, kMaxGrid));
-  multi_tensor_reduce<<<grid, kThreads, 0, stream>>>(a, s, pt, out);
-  const cudaError_t err = cudaGetLastError();
+  multi_tensor_reduce<<<grid, kThreads, 0, stream>>>(a, s, pt, partial);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return xla::ffi::Error(xla::ffi::ErrorCode::kInternal, cudaGetErrorString(err));
+  const int combine_grid = (a.n_tensors + kThreads - 1) / kThreads;
+  combine_partials<<<combine_grid, kThreads, 0, stream>>>(a, partial, out);
+  err = cudaGetLastError();
   if (err != cudaSuccess) return xla::ffi::Error(xla::ffi::ErrorCode::kInternal, cudaGetErrorString(err));
   return xla::ffi::Error::Success();
 }
@@ -407,9 +444,18 @@ xla::ffi::Error impl(cudaStream_t stream, xla::ffi::AnyBuffer scalars, xla::ffi:
   float* out = static_cast<float*>((*out_buf)->untyped_data());
   const cudaError_t zero = cudaMemsetAsync(out, 0, T * kReduce * sizeof(float), stream);
   if (zero != cudaSuccess) return xla::ffi::Error(xla::ffi::ErrorCode::kInternal, cudaGetErrorString(zero));
+  std::int64_t n_chunks = 0;
+  for (std::size_t t = 0; t < T; ++t) n_chunks += (table.size[t] + kChunk - 1) / kChunk;
+  float* partial = nullptr;
+  if (xla::ffi::Error err = partials_buffer(rets, n_chunks, partial); err.failure()) return err;
   const float* s = static_cast<const float*>(scalars.untyped_data());
   const float* pt = static_cast<const float*>(pertensor.untyped_data());
-  return for_each_launch(table, [&](const LaunchArgs& a) { return launch(stream, a, s, pt, out); });
+  std::int64_t first_chunk = 0;  // of the next launch, in the partial-sum output
+  return for_each_launch(table, [&](const LaunchArgs& a) {
+    float* launch_partial = partial + first_chunk * kReduce;
+    first_chunk += a.chunk_start[a.n_tensors];
+    return launch(stream, a, s, pt, launch_partial, out);
+  });
 }
 
 }  // namespace adamgen_kernel

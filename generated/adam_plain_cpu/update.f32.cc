@@ -210,8 +210,9 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
   if (args.size() < static_cast<std::size_t>(kNumInPacked) || (args.size() - kNumInPacked) % kNumIn != 0)
     return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: tensor inputs not a multiple of 2");
   const std::size_t T = (args.size() - kNumInPacked) / kNumIn;
-  // an update returns its written roles; a reduction returns one f32[T * kReduce] buffer
-  if (rets.size() != T * kNumOut + kNumOutPacked + (kReduce > 0 ? 1 : 0))
+  // an update returns its written roles; a reduction returns f32[T * kReduce] sums and the
+  // f32[n_chunks * kReduce] partial sums they are added from
+  if (rets.size() != T * kNumOut + kNumOutPacked + (kReduce > 0 ? 2 : 0))
     return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: expected 1 outputs per tensor");
   if (pertensor.element_type() != xla::ffi::F32 ||
       pertensor.element_count() < T * static_cast<std::size_t>(kPerTensor))
@@ -275,6 +276,20 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
       return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: packed slab size differs from the tensors' total");
   }
   return Error::Success();
+}
+
+// Reductions: the call's second output holds kReduce partial sums per chunk, which the kernels
+// add per tensor in chunk order (ffi.call_reduce sizes it).
+inline xla::ffi::Error partials_buffer(const xla::ffi::RemainingRets& rets, std::int64_t n_chunks,
+                                       float*& partial) {
+  auto b = rets.get<xla::ffi::AnyBuffer>(1);
+  if (b.has_error()) return b.error();
+  if ((*b)->element_type() != xla::ffi::F32 ||
+      static_cast<std::int64_t>((*b)->element_count()) < n_chunks * kReduce)
+    return xla::ffi::Error(xla::ffi::ErrorCode::kInvalidArgument,
+                           "adamgen_update_f32: the partial-sum output must be f32[n_chunks * kReduce]");
+  partial = static_cast<float*>((*b)->untyped_data());
+  return xla::ffi::Error::Success();
 }
 
 }  // namespace adamgen_kernel

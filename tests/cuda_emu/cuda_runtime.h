@@ -33,13 +33,6 @@ inline T __ldg(const T* p) { return *p; }
 using std::max;
 using std::min;
 
-inline std::mutex adamgen_emu_atomic_mutex;
-inline float atomicAdd(float* p, float v) {
-  std::lock_guard<std::mutex> hold(adamgen_emu_atomic_mutex);
-  const float old = *p;
-  *p = old + v;
-  return old;
-}
 
 // Chunks that took the 16-byte vector path (counted by thread 0 of a block; the test's rewrite
 // puts adamgen_emu_count_vector() into the kernel's alignment test).
