@@ -330,7 +330,7 @@ def call_reduce(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[ja
     if pertensor is None:
         pertensor = jnp.zeros((n_tensors, ctx.n_pertensor), jnp.float32)
     pt = jnp.concatenate([jnp.ravel(pertensor).astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
-    n_partials = max(1, reduce_chunks(ctx, shapes)) * ctx.n_reduce
+    n_partials = reduce_chunks(ctx, shapes) * ctx.n_reduce + 1  # and a word for the CUDA block counter
     fn = jax.ffi.ffi_call(kernel.target, (jax.ShapeDtypeStruct((n_tensors * ctx.n_reduce,), jnp.float32),
                                           jax.ShapeDtypeStruct((n_partials,), jnp.float32)),
                           vmap_method="sequential")

@@ -287,15 +287,15 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
 }
 
 // Reductions: the call's second output holds kReduce partial sums per chunk, which the kernels
-// add per tensor in chunk order (ffi.call_reduce sizes it).
+// add per tensor in chunk order, and one more word (ffi.call_reduce sizes it).
 inline xla::ffi::Error partials_buffer(const xla::ffi::RemainingRets& rets, std::int64_t n_chunks,
                                        float*& partial) {
   auto b = rets.get<xla::ffi::AnyBuffer>(1);
   if (b.has_error()) return b.error();
   if ((*b)->element_type() != xla::ffi::F32 ||
-      static_cast<std::int64_t>((*b)->element_count()) < n_chunks * kReduce)
+      static_cast<std::int64_t>((*b)->element_count()) != n_chunks * kReduce + 1)
     return xla::ffi::Error(xla::ffi::ErrorCode::kInvalidArgument,
-                           "adamgen_update_f32: the partial-sum output must be f32[n_chunks * kReduce]");
+                           "adamgen_update_f32: the partial-sum output must be f32[n_chunks * kReduce + 1]");
   partial = static_cast<float*>((*b)->untyped_data());
   return xla::ffi::Error::Success();
 }

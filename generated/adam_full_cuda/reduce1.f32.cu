@@ -2,8 +2,8 @@
 // Per tensor t and reduced value j: out[t * kReduce + j] = sum over elements. One launch covers
 // up to kMaxTensors tensors (pointer table in a __grid_constant__ argument, as the update
 // kernel); each block sums its chunk in float, reduces across the block in shared memory and
-// writes the chunk's partial sums; a second kernel adds each tensor's partials in chunk order,
-// so the result is the same on every run, whichever block finishes first.
+// writes the chunk's partial sums; the last block to finish adds each tensor's partials in chunk
+// order, so the result is the same on every run, whichever block finishes first.
 #include <algorithm>
 #include <vector>
 
@@ -272,15 +272,15 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
 }
 
 // Reductions: the call's second output holds kReduce partial sums per chunk, which the kernels
-// add per tensor in chunk order (ffi.call_reduce sizes it).
+// add per tensor in chunk order, and one more word (ffi.call_reduce sizes it).
 inline xla::ffi::Error partials_buffer(const xla::ffi::RemainingRets& rets, std::int64_t n_chunks,
                                        float*& partial) {
   auto b = rets.get<xla::ffi::AnyBuffer>(1);
   if (b.has_error()) return b.error();
   if ((*b)->element_type() != xla::ffi::F32 ||
-      static_cast<std::int64_t>((*b)->element_count()) < n_chunks * kReduce)
+      static_cast<std::int64_t>((*b)->element_count()) != n_chunks * kReduce + 1)
     return xla::ffi::Error(xla::ffi::ErrorCode::kInvalidArgument,
-                           "adamgen_reduce1_f32: the partial-sum output must be f32[n_chunks * kReduce]");
+                           "adamgen_reduce1_f32: the partial-sum output must be f32[n_chunks * kReduce + 1]");
   partial = static_cast<float*>((*b)->untyped_data());
   return xla::ffi::Error::Success();
 }
@@ -361,10 +361,29 @@ xla::ffi::Error for_each_launch(const TensorTable& table, Launch&& launch) {
 }  // namespace adamgen_kernel
 namespace adamgen_kernel {
 
+// Tensor i of the launch: its chunks' partial sums, added in chunk order. __ldcg reads from L2,
+// where other blocks' writes are (after their __threadfence), not from this SM's L1.
+__device__ __forceinline__ void combine_partials(const LaunchArgs& a, const float* partial,
+                                                 float* __restrict__ out) {
+  for (int i = threadIdx.x; i < a.n_tensors; i += kThreads) {
+#pragma unroll
+    for (int j = 0; j < kReduce; ++j) {
+      float total = 0.0f;
+      for (std::int32_t c = a.chunk_start[i]; c < a.chunk_start[i + 1]; ++c)
+        total += __ldcg(partial + static_cast<std::int64_t>(c) * kReduce + j);
+      out[static_cast<std::int64_t>(a.tensor[i]) * kReduce + j] = total;
+    }
+  }
+}
+
+// `partial`: this launch's first chunk in the partial-sum output; `done`: a zeroed counter of
+// finished blocks. The last block to finish combines the partials (one launch per table).
 __global__ void __launch_bounds__(kThreads)
 multi_tensor_reduce(const __grid_constant__ LaunchArgs a, const float* __restrict__ scalars,
-                    const float* __restrict__ pertensor, float* __restrict__ partial) {
+                    const float* __restrict__ pertensor, float* partial, unsigned int* done,
+                    float* __restrict__ out) {
   __shared__ float shared[kReduce][kThreads];
+  __shared__ bool last_block;
   float s[kScalars > 0 ? kScalars : 1];
 #pragma unroll
   for (int k = 0; k < kScalars; ++k) s[k] = __ldg(scalars + k);
@@ -399,35 +418,24 @@ multi_tensor_reduce(const __grid_constant__ LaunchArgs a, const float* __restric
     }
     __syncthreads();
   }
-}
-
-// Tensor i of the launch: its chunks' partial sums, added in chunk order.
-__global__ void __launch_bounds__(kThreads)
-combine_partials(const __grid_constant__ LaunchArgs a, const float* __restrict__ partial,
-                 float* __restrict__ out) {
-  for (int i = blockIdx.x * kThreads + threadIdx.x; i < a.n_tensors; i += gridDim.x * kThreads) {
-#pragma unroll
-    for (int j = 0; j < kReduce; ++j) {
-      float total = 0.0f;
-      for (std::int32_t c = a.chunk_start[i]; c < a.chunk_start[i + 1]; ++c)
-        total += partial[static_cast<std::int64_t>(c) * kReduce + j];
-      out[static_cast<std::int64_t>(a.tensor[i]) * kReduce + j] = total;
-    }
+  if (threadIdx.x == 0) {
+    __threadfence();  // this block's partials are visible to every block before it counts itself done
+    last_block = atomicAdd(done, 1u) == gridDim.x - 1;
   }
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  combine_partials(a, partial, out);
+  if (threadIdx.x == 0) *done = 0;  // ready for the next launch on this stream
 }
 
-// `partial`: this launch's first chunk in the partial-sum output.
 xla::ffi::Error launch(cudaStream_t stream, const LaunchArgs& a, const float* s, const float* pt,
-                       float* partial, float* out) {
+                       float* partial, unsigned int* done, float* out) {
   const std::int32_t n_chunks = a.chunk_start[a.n_tensors];
   if (n_chunks == 0) return xla::ffi::Error::Success();
   const int grid = static_cast<int>(std::min<std::int64_t>(n_chunks, kMaxGrid));
-  multi_tensor_reduce<<<grid, kThreads, 0, stream>>>(a, s, pt, partial);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return xla::ffi::Error(xla::ffi::ErrorCode::kInternal, cudaGetErrorString(err));
-  const int combine_grid = (a.n_tensors + kThreads - 1) / kThreads;
-  combine_partials<<<combine_grid, kThreads, 0, stream>>>(a, partial, out);
-  err = cudaGetLastError();
+  multi_tensor_reduce<<<grid, kThreads, 0, stream>>>(a, s, pt, partial, done, out);
+  const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return xla::ffi::Error(xla::ffi::ErrorCode::kInternal, cudaGetErrorString(err));
   return xla::ffi::Error::Success();
 }
@@ -448,13 +456,17 @@ xla::ffi::Error impl(cudaStream_t stream, xla::ffi::AnyBuffer scalars, xla::ffi:
   for (std::size_t t = 0; t < T; ++t) n_chunks += (table.size[t] + kChunk - 1) / kChunk;
   float* partial = nullptr;
   if (xla::ffi::Error err = partials_buffer(rets, n_chunks, partial); err.failure()) return err;
+  // The finished-blocks counter is the word after the partials (ffi.call_reduce leaves room).
+  unsigned int* done = reinterpret_cast<unsigned int*>(partial + n_chunks * kReduce);
+  const cudaError_t zero_done = cudaMemsetAsync(done, 0, sizeof(unsigned int), stream);
+  if (zero_done != cudaSuccess) return xla::ffi::Error(xla::ffi::ErrorCode::kInternal, cudaGetErrorString(zero_done));
   const float* s = static_cast<const float*>(scalars.untyped_data());
   const float* pt = static_cast<const float*>(pertensor.untyped_data());
   std::int64_t first_chunk = 0;  // of the next launch, in the partial-sum output
   return for_each_launch(table, [&](const LaunchArgs& a) {
     float* launch_partial = partial + first_chunk * kReduce;
     first_chunk += a.chunk_start[a.n_tensors];
-    return launch(stream, a, s, pt, launch_partial, out);
+    return launch(stream, a, s, pt, launch_partial, done, out);
   });
 }
 

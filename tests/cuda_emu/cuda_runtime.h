@@ -45,6 +45,18 @@ extern "C" __attribute__((visibility("default"))) long adamgen_emu_vector_count(
   return adamgen_emu_vector_chunks.load();
 }
 
+// Device-wide ordering and the finished-blocks counter of the reduction's last-block combine.
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+template <typename T>
+inline T __ldcg(const T* p) { return *p; }
+inline std::mutex adamgen_emu_atomic_mutex;
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
+  std::lock_guard<std::mutex> hold(adamgen_emu_atomic_mutex);
+  const unsigned int old = *p;
+  *p = old + v;
+  return old;
+}
+
 using cudaStream_t = void*;
 enum cudaError_t { cudaSuccess = 0 };
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
