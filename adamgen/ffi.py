@@ -244,8 +244,7 @@ def register(lib_path: Path, symbol: str, name: str, platform: str) -> None:
 def build(ctx: KernelContext, platform: str = "cpu", *, cache_dir: Path | None = None) -> Kernel:
     """Render, compile (cached) and register the kernel for ``platform``."""
     source = render(ctx, platform)
-    compile_fn = toolchain.compile_host if platform == "cpu" else toolchain.compile_cuda
-    lib_path = compile_fn(source, cache_dir=cache_dir)
+    lib_path = toolchain.compiler_for(platform)(source, cache_dir=cache_dir)
     name = target_name(ctx, source, platform)
     register(lib_path, ctx.symbol, name, platform)
     return Kernel(ctx, platform, name, lib_path, source)

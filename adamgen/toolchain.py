@@ -206,13 +206,18 @@ def compile_cuda(source: str, flags: tuple[str, ...] = (), *,
     return _build(find_cuda_compiler(), source, ".cu", cuda_flags(tuple(flags)), ".so", cache_dir)
 
 
+def compiler_for(platform: str):
+    """compile_host for ``"cpu"``, compile_cuda for ``"cuda"``."""
+    if platform not in ("cpu", "cuda"):
+        raise ValueError(f"platform must be 'cpu' or 'cuda', got {platform!r}")
+    return compile_host if platform == "cpu" else compile_cuda
+
+
 def compile_all(sources: list[str], platform: str) -> list[Path]:
     """Compile several kernel sources for ``platform`` ("cpu": g++, "cuda": nvcc) at once, one
     compiler process per core: a build's kernels (the update and a reduction, per dtype) are
     independent, and each compile is seconds of header parsing and optimisation."""
-    if platform not in ("cpu", "cuda"):
-        raise ValueError(f"platform must be 'cpu' or 'cuda', got {platform!r}")
-    compile_fn = compile_host if platform == "cpu" else compile_cuda
+    compile_fn = compiler_for(platform)
     if len(sources) <= 1:
         return [compile_fn(src) for src in sources]
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(sources), os.cpu_count() or 1)) as pool:

@@ -293,19 +293,30 @@ class Torch(Peer):
         self.p = [torch.from_numpy(p.copy()) for p in self.wl.params]
         for p, g in zip(self.p, self.wl.torch_grads()):
             p.grad = g
-        cls = torch.optim.Adam if self.variant == "plain" else torch.optim.AdamW
-        extra = {} if self.variant == "plain" else {"amsgrad": True, "weight_decay": 0.01}
-        self.opt = cls(self.p, lr=LR, eps=EPS, **{self.mode: True}, **extra)
-        self.avg = [p.clone() for p in self.p] if self.variant == "full" else None
+        self.fn = torch_step(self.p, self.variant, self.mode)
 
     def step(self) -> None:
-        import torch
+        self.fn()
+
+
+def torch_step(params: list, variant: str, mode: str):
+    """torch's counterpart of a variant over `params` (their .grad set), as a step function:
+    Adam, or AdamW(amsgrad) after clip_grad_norm_ with an EMA by _foreach_lerp_; `mode` is
+    "fused" or "foreach"."""
+    import torch
+    cls = torch.optim.Adam if variant == "plain" else torch.optim.AdamW
+    extra = {} if variant == "plain" else {"amsgrad": True, "weight_decay": 0.01}
+    opt = cls(params, lr=LR, eps=EPS, **{mode: True}, **extra)
+    avg = [p.clone() for p in params] if variant == "full" else None
+
+    def step() -> None:
         with torch.no_grad():
-            if self.variant == "full":
-                torch.nn.utils.clip_grad_norm_(self.p, 1.0, foreach=True)
-            self.opt.step()
-            if self.avg is not None:
-                torch._foreach_lerp_(self.avg, self.p, 0.01)
+            if variant == "full":
+                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+            opt.step()
+            if avg is not None:
+                torch._foreach_lerp_(avg, params, 0.01)
+    return step
 
 
 def torch_available() -> str | None:

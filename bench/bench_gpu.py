@@ -39,7 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamgen  # noqa: E402
-from adam_peers import EPS, LR, VARIANTS, optax_step, optax_transform  # noqa: E402
+from adam_peers import VARIANTS, optax_step, optax_transform, torch_step  # noqa: E402
 from bench_adam import BYTES, make_workload  # noqa: E402
 
 Step = Callable[[], None]
@@ -151,23 +151,15 @@ def optax_candidate(wl, variant: str) -> Step:
     return run
 
 
-def torch_step(wl, variant: str, mode: str, dev: str) -> Step:
+def torch_candidate(wl, variant: str, mode: str, dev: str) -> Step:
     torch = _torch()
     params = [torch.tensor(p, device=dev) for p in wl.params]
     for p, g in zip(params, wl.grads):
         p.grad = torch.tensor(g, device=dev)
-    cls = torch.optim.Adam if variant == "plain" else torch.optim.AdamW
-    extra = {} if variant == "plain" else {"amsgrad": True, "weight_decay": 0.01}
-    opt = cls(params, lr=LR, eps=EPS, **{mode: True}, **extra)
-    avg = [p.clone() for p in params] if variant == "full" else None
+    step = torch_step(params, variant, mode)
 
     def run() -> None:
-        with torch.no_grad():
-            if variant == "full":
-                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-            opt.step()
-            if avg is not None:
-                torch._foreach_lerp_(avg, params, 0.01)
+        step()
         if dev == "cuda":
             torch.cuda.synchronize()
     return run
@@ -220,8 +212,8 @@ def run_workload(key: str, variant: str, target: str, scale: int, rounds: int, k
         steps["optax jit+donate"] = optax_candidate(wl, variant)
     dev = torch_device(target)
     if dev is not None:
-        steps["torch fused"] = torch_step(wl, variant, "fused", dev)
-        steps["torch foreach"] = torch_step(wl, variant, "foreach", dev)
+        steps["torch fused"] = torch_candidate(wl, variant, "fused", dev)
+        steps["torch foreach"] = torch_candidate(wl, variant, "foreach", dev)
     times = time_round_robin(steps, rounds)
     med = {name: float(np.median(ts)) * (1 / k if "/" in name else 1) for name, ts in times.items()}
     copy_gbs = n_bytes / med[copy_name] / 1e9

@@ -242,14 +242,20 @@ def test_rendered_cuda_compiles_without_spills(kernel_name, name, tensors_per_ca
 @pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU; runs on a lent H100/H200 (device tool)")
 @pytest.mark.parametrize("name", list(SPECS))
 def test_cuda_target_matches_oracle_on_gpu(name):
-    spec = adamgen.AdamSpec(**SPECS[name])
     rng = np.random.default_rng(1)
     params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES + [(70001,)]]
+    _cuda_steps_match_oracle(adamgen.AdamSpec(**SPECS[name]), params, 5, rng)
+
+
+def _cuda_steps_match_oracle(spec, params: list, steps: int, rng, check_state=None) -> None:
+    """`steps` cuda-target steps on `params` against the NumPy oracle's, random grads each step."""
     opt, ref = adamgen.build(spec, "cuda"), adamgen.build(spec, "numpy")
-    p, s = [jnp.asarray(x) for x in params], None
+    p = [jnp.asarray(x) for x in params]
     s = opt.init(p)
+    if check_state is not None:
+        check_state(s)
     rp, rs = list(params), ref.init(params)
-    for k in range(5):
+    for _ in range(steps):
         g = [(rng.standard_normal(x.shape) * 0.3).astype(np.float32) for x in params]
         p, s = opt.apply([jnp.asarray(x) for x in g], s, p)
         rp, rs = ref.apply(g, rs, rp)
@@ -260,20 +266,12 @@ def test_cuda_target_matches_oracle_on_gpu(name):
 @pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU; runs on a lent H100/H200 (device tool)")
 def test_cuda_target_many_odd_sized_tensors_on_gpu():
     """600 tensors of odd sizes: several custom calls and packed slabs with padding on the device."""
-    spec = adamgen.AdamSpec(**SPECS["full"])
     rng = np.random.default_rng(4)
     params = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(1, 3000, 600)]
-    opt, ref = adamgen.build(spec, "cuda"), adamgen.build(spec, "numpy")
-    p = [jnp.asarray(x) for x in params]
-    s = opt.init(p)
-    assert len(s.momentums.slabs) > 1
-    rp, rs = list(params), ref.init(params)
-    for _ in range(4):
-        g = [(rng.standard_normal(x.shape) * 0.3).astype(np.float32) for x in params]
-        p, s = opt.apply([jnp.asarray(x) for x in g], s, p)
-        rp, rs = ref.apply(g, rs, rp)
-    for a, b in zip(p, rp):
-        np.testing.assert_allclose(np.asarray(a), b, rtol=2e-5, atol=2e-6)
+
+    def several_slabs(state):
+        assert len(state.momentums.slabs) > 1
+    _cuda_steps_match_oracle(adamgen.AdamSpec(**SPECS["full"]), params, 4, rng, several_slabs)
 
 
 def test_cuda_target_without_a_gpu_says_so():
