@@ -95,6 +95,7 @@ class KernelContext:
     block_threads: int = 256           # CUDA threads per block
     vec_elems: int = 4                 # CUDA elements per vector access (16 B of f32)
     max_grid: int = 1 << 20            # CUDA grid cap; blocks stride over chunks beyond it
+    blocks_per_sm: int = 0             # CUDA: 0, or at most this many blocks per multiprocessor
     launch_param_bytes: int = 4000     # CUDA launch-table bytes (see launch_param_bytes())
     role_packed: tuple[int, ...] = ()  # per role: 1 if packed (one slab per call)
     role_bytes: tuple[int, ...] = ()   # per role: bytes per element of its storage type
@@ -133,6 +134,8 @@ def _check_positive(ctx: KernelContext) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(ctx.max_threads, int) or ctx.max_threads < 0:
         raise ValueError(f"max_threads must be a non-negative int (0: all pool threads), got {ctx.max_threads!r}")
+    if not isinstance(ctx.blocks_per_sm, int) or ctx.blocks_per_sm < 0:
+        raise ValueError(f"blocks_per_sm must be a non-negative int (0: a block per chunk), got {ctx.blocks_per_sm!r}")
     if ctx.launch_param_bytes > CUDA_MAX_PARAM_BYTES:
         raise ValueError(f"launch_param_bytes must be at most {CUDA_MAX_PARAM_BYTES}, got {ctx.launch_param_bytes}")
     if not isinstance(ctx.slab_align_bytes, int) or ctx.slab_align_bytes <= 0 or any(

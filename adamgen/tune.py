@@ -38,6 +38,8 @@ class TuneConfig:
     block_threads: int | None = None
     threads: int | None = None
     unroll: int | None = None
+    vector_bytes: int | None = None
+    blocks_per_sm: int | None = None
 
     def apply(self, caps: Capabilities) -> Capabilities:
         return replace(caps, **{k: v for k, v in asdict(self).items() if v is not None})
@@ -51,7 +53,10 @@ class TuneConfig:
 SEARCH: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
     "cpu": (("chunk_elems", (65536, 16384, 262144)), ("tensors_per_call", (32, 16, 64)),
             ("unroll", (1, 2, 4)), ("threads", (0, 1))),
+    # cuda: chunk size, threads per block, vector width, elements per thread (vectors in flight
+    # per thread), grid size (a block per chunk, or a persistent grid of k blocks per SM).
     "cuda": (("chunk_elems", (65536, 16384, 262144)), ("block_threads", (256, 128, 512)),
+             ("vector_bytes", (16, 8)), ("unroll", (1, 2, 4)), ("blocks_per_sm", (0, 4, 16)),
              ("tensors_per_call", (256, 64, 512))),
 }
 # Representative workloads: (number of tensors, elements each).
@@ -149,6 +154,19 @@ class Progress:
         self.stream.flush()
 
 
+def _precompile(spec, target: str, dtype: str, configs: list[TuneConfig]) -> None:
+    """Compile the kernels of several candidates at once (one compiler per core) so that timing
+    them one by one finds every library in the compiler cache."""
+    from adamgen.backends.native import kernel_for, native_kernel_names
+    from adamgen.compiler import compile_spec
+
+    module = compile_spec(spec, dtype).kernels
+    caps = CAPABILITIES[target]
+    sources = {kernel_for(module, dtype, config.apply(caps), name).source
+               for config in configs for name in native_kernel_names(module)}
+    toolchain.compile_all(sorted(sources), caps.platform)
+
+
 def _time_candidate(spec, target: str, dtype: str, caps: Capabilities, workloads, repeats: int) -> float:
     """Median ms per step over the workloads, on scratch arrays owned by this function."""
     from adamgen.backends.native import NativeExecutor
@@ -180,12 +198,17 @@ def search_size(target: str) -> int:
     return 1 + sum(len(values) - 1 for _, values in SEARCH[target])
 
 
-def coordinate_descent(axes, measure: Callable[[TuneConfig], float]) -> TuneConfig:
+def coordinate_descent(axes, measure: Callable[[TuneConfig], float],
+                       prepare: Callable[[list[TuneConfig]], None] | None = None) -> TuneConfig:
     """Best config found by setting one knob at a time, each to its fastest value given the
-    knobs already set. The first value of every axis is the target's default."""
+    knobs already set. The first value of every axis is the target's default. `prepare` sees
+    each axis' candidates before any is measured (to compile them side by side)."""
     best = TuneConfig(**{knob: values[0] for knob, values in axes})
     for knob, values in axes:
-        best = min((replace(best, **{knob: v}) for v in values), key=measure)
+        candidates = [replace(best, **{knob: v}) for v in values]
+        if prepare is not None:
+            prepare(candidates)
+        best = min(candidates, key=measure)
     return best
 
 
@@ -210,7 +233,12 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
     if key in cache:
         hit = cache[key]
         return TuneResult(TuneConfig(**hit["config"]), "cached", key, tuple(hit.get("timings_ms", {}).items()))
-    timer = timer or _time_candidate
+    # The real timer compiles each axis' candidates side by side first; a timer passed in (tests)
+    # compiles nothing.
+    prepare = None
+    if timer is None:
+        timer = _time_candidate
+        prepare = lambda configs: _precompile(spec, target, dtype, configs)  # noqa: E731
     measured: dict[TuneConfig, float] = {}
 
     def measure(config: TuneConfig) -> float:
@@ -222,10 +250,12 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
 
     if candidates:  # an explicit list: time every one
         progress = Progress(len(set(candidates)), f"adamgen tune {target}")
+        if prepare is not None:
+            prepare(list(candidates))
         best = min(candidates, key=measure)
     else:
         progress = Progress(search_size(target), f"adamgen tune {target}")
-        best = coordinate_descent(SEARCH[target], measure)
+        best = coordinate_descent(SEARCH[target], measure, prepare)
     timings = tuple((json.dumps(asdict(c), sort_keys=True), ms) for c, ms in measured.items())
     result = TuneResult(best, "tuned", key, timings)
     cache[key] = {"config": asdict(result.config), "timings_ms": dict(timings)}

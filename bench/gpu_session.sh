@@ -3,11 +3,13 @@
 # machine, the GPU tests, then bench/bench_gpu.py. The host-side tests (cpu target, the CUDA
 # source emulated on the CPU) run in CI and are not repeated here. Logs go to $OUT (the device
 # tool's folder) or ./gpu-out.
-#   bash bench/gpu_session.sh [tests|bench|all] [extra bench_gpu.py arguments]
+#   bash bench/gpu_session.sh [tests|bench|tune|all] [extra bench_gpu.py arguments]
+# tune: `adamgen tune --target cuda` (the coordinate descent over the CUDA knobs) for the plain and
+# full variants, the cache written to $OUT/tune.json.
 set -uo pipefail
 stage=${1:-all}
 [ $# -gt 0 ] && shift
-case "$stage" in tests|bench|all) ;; *) echo "stage must be tests, bench or all, got '$stage'" >&2; exit 2;; esac
+case "$stage" in tests|bench|tune|all) ;; *) echo "stage must be tests, bench, tune or all, got '$stage'" >&2; exit 2;; esac
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 # JAX would take 75% of the GPU at start-up; torch shares the process in bench_gpu.py.
@@ -15,9 +17,15 @@ export PYTHONUNBUFFERED=1 KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false 
   PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 { nvidia-smi; nvcc --version; python3 -c "import jax; print('jax', jax.__version__, jax.devices())"; } \
   2>&1 | tee "$out/env.log"
-if [ "$stage" != bench ]; then
+if [ "$stage" = tests ] || [ "$stage" = all ]; then
   python3 -m pytest -q -rs tests/test_native.py tests/test_ffi_plumbing.py -k "gpu" 2>&1 | tee "$out/gpu_tests.log"
 fi
-if [ "$stage" != tests ]; then
+if [ "$stage" = bench ] || [ "$stage" = all ]; then
   python3 bench/bench_gpu.py --out "$out/gpu_bench.md" "$@" 2>&1 | tee "$out/gpu_bench.log"
+fi
+if [ "$stage" = tune ] || [ "$stage" = all ]; then
+  for flags in "" "--global-clipnorm 1.0 --weight-decay 0.004 --amsgrad --use-ema"; do
+    # shellcheck disable=SC2086
+    python3 -m adamgen tune $flags --target cuda --params 124000000 --cache "$out/tune.json" 2>&1 | tee -a "$out/tune.log"
+  done
 fi

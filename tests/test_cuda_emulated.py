@@ -11,6 +11,7 @@ slabs, the block reduction in shared memory and the fixed-order combination of i
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +50,10 @@ def emulated(ctx: ffi.KernelContext, edit: Callable[[str], str] = lambda src: sr
     if ctx.n_reduce == 0:  # the update kernel: count the chunks that take the vector path
         assert source.count(vector_test) == 1, "the CUDA template changed: no single alignment test"
         source = source.replace(vector_test, "if (all_aligned(AllRoles{}, p) && adamgen_emu_count_vector()) {")
+    # The compiler cache keys on the source text: name the stand-in header's contents in it, so
+    # an edit of the header rebuilds the kernels.
+    header = hashlib.sha256((EMU_INCLUDE / "cuda_runtime.h").read_bytes()).hexdigest()[:16]
+    source = f"// emulated with cuda_runtime.h {header}\n{source}"
     source, launches = re.subn(r"(\w+)<<<([^;]*?)>>>\(([^;]*)\);", r"adamgen_emu_launch(\1, \2, \3);", source)
     assert launches == 1, "the CUDA template changed: expected one <<<...>>> launch"
     lib = toolchain.compile_host(source, ("-std=c++20", "-O1", f"-I{EMU_INCLUDE}", "-Wno-unknown-pragmas"))
@@ -99,6 +104,54 @@ def test_cuda_update_kernel_bit_exact_against_interpreter(name, dtype, layout):
     written = [role for role in r.roles if role.written]
     got = {role.name: _unpack(role, values, SHAPES, align) for role, values in zip(written, outs)}
     assert set(got) == set(want)
+    for key in want:
+        for t, (a, b) in enumerate(zip(got[key], want[key])):
+            np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=f"{key} tensor {t}")
+
+
+KNOB_SHAPES = [(3000,), (1,), (1000,), (7,), (40, 13), (2048,)]
+
+
+def _lib_counter(kernel: ffi.Kernel, name: str) -> Callable[[], int]:
+    fn = getattr(ctypes.CDLL(str(kernel.lib_path)), name)
+    fn.restype = ctypes.c_long if "count" in name else ctypes.c_int
+    return fn
+
+
+@pytest.mark.parametrize("knobs", [{"unroll": 2}, {"unroll": 4, "vector_bytes": 8},
+                                   {"unroll": 2, "blocks_per_sm": 1}, {"vector_bytes": 4, "blocks_per_sm": 3}],
+                         ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("name", ["plain", "full"])
+def test_cuda_tuning_knobs_bit_exact_against_interpreter(name, dtype, knobs):
+    """The tuner's CUDA knobs: vectors in flight per thread (the unrolled loop runs, then the
+    one-vector loop and the scalar tail finish the chunk), narrower vectors, and a persistent grid
+    capped at blocks_per_sm x the device's multiprocessors (the stand-in has 2), all bit exact."""
+    spec = adamgen.AdamSpec(**SPECS[name])
+    module = compile_spec(spec, dtype).kernels
+    fn = module.function("update")
+    native = kernel_for(module, dtype, replace(CUDA, chunk_elems=1024, block_threads=32, **knobs))
+    itemsize = 2 if dtype == "bf16" else 4
+    assert native.ctx.vec_elems == max(1, knobs.get("vector_bytes", CUDA.vector_bytes) // itemsize)
+    r = native.rendered
+    unrolled_loop = "i += kUnroll * kStride) vstep_unrolled("
+    kernel = emulated(native.ctx, lambda src: src.replace(
+        unrolled_loop, "i += kUnroll * kStride) adamgen_emu_count_unrolled(), vstep_unrolled("))
+    rng = np.random.default_rng(sum(map(ord, name + dtype)) + len(knobs))
+    inputs = _inputs(fn, dtype, rng, KNOB_SHAPES)
+    want = run_function(fn, inputs, len(KNOB_SHAPES))
+    args = [_role_arrays(role, inputs[role.name]) for role in r.roles]
+    unrolled, max_grid = _lib_counter(kernel, "adamgen_emu_unrolled_count"), _lib_counter(kernel, "adamgen_emu_max_grid")
+    before = unrolled()
+    ctypes.CDLL(str(kernel.lib_path)).adamgen_emu_reset_grid()
+    outs = jax.block_until_ready(ffi.call(kernel, _scalars(r, inputs), args, _pertensor(r, inputs, len(KNOB_SHAPES))))
+    if knobs.get("unroll", 1) > 1:
+        assert unrolled() > before
+    n_chunks = sum(-(-int(np.prod(s)) // 1024) for s in KNOB_SHAPES)
+    assert max_grid() == min(n_chunks, 2 * knobs.get("blocks_per_sm", n_chunks))
+    written = [role for role in r.roles if role.written]
+    got = {role.name: _unpack(role, values, KNOB_SHAPES, native.ctx.slab_align_bytes)
+           for role, values in zip(written, outs)}
     for key in want:
         for t, (a, b) in enumerate(zip(got[key], want[key])):
             np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=f"{key} tensor {t}")

@@ -220,13 +220,14 @@ def test_host_reduce_kernel_against_interpreter(name, dtype):
                                    rtol=1e-5 if dtype == "f32" else 1e-2)
 
 
-@pytest.mark.parametrize("kernel_name, name, tensors_per_call", [
-    ("update", "plain", None), ("update", "full", None), ("reduce1", "full", None),
-    ("update", "full", 5000)])  # the launch table at CUDA's kernel-argument limit
-def test_rendered_cuda_compiles_without_spills(kernel_name, name, tensors_per_call):
+@pytest.mark.parametrize("kernel_name, name, tensors_per_call, knobs", [
+    ("update", "plain", None, {}), ("update", "full", None, {}), ("reduce1", "full", None, {}),
+    ("update", "full", 5000, {}),  # the launch table at CUDA's kernel-argument limit
+    ("update", "full", None, {"unroll": 4, "blocks_per_sm": 4})])  # the tuner's largest unroll, a persistent grid
+def test_rendered_cuda_compiles_without_spills(kernel_name, name, tensors_per_call, knobs):
     """nvcc builds SASS for sm_80 and sm_90 plus PTX; ptxas reports no spills."""
     spec = adamgen.AdamSpec(**SPECS[name])
-    caps = replace(CUDA, tensors_per_call=tensors_per_call or CUDA.tensors_per_call)
+    caps = replace(CUDA, tensors_per_call=tensors_per_call or CUDA.tensors_per_call, **knobs)
     native = kernel_for(compile_spec(spec, "f32").kernels, "f32", caps, kernel_name)
     if tensors_per_call:
         assert native.ctx.launch_param_bytes == ffi.CUDA_MAX_PARAM_BYTES
@@ -247,9 +248,14 @@ def test_cuda_target_matches_oracle_on_gpu(name):
     _cuda_steps_match_oracle(adamgen.AdamSpec(**SPECS[name]), params, 5, rng)
 
 
-def _cuda_steps_match_oracle(spec, params: list, steps: int, rng, check_state=None) -> None:
+def _cuda_steps_match_oracle(spec, params: list, steps: int, rng, check_state=None, caps=None) -> None:
     """`steps` cuda-target steps on `params` against the NumPy oracle's, random grads each step."""
-    opt, ref = adamgen.build(spec, "cuda"), adamgen.build(spec, "numpy")
+    from adamgen.backends.native import NativeExecutor
+    from adamgen.compiler import kernels_for
+    from adamgen.runtime import Optimizer
+
+    opt = Optimizer(spec, "cuda", NativeExecutor(spec, kernels_for(spec), "cuda", caps=caps), donates=True)
+    ref = adamgen.build(spec, "numpy")
     p = [jnp.asarray(x) for x in params]
     s = opt.init(p)
     if check_state is not None:
@@ -272,6 +278,16 @@ def test_cuda_target_many_odd_sized_tensors_on_gpu():
     def several_slabs(state):
         assert len(state.momentums.slabs) > 1
     _cuda_steps_match_oracle(adamgen.AdamSpec(**SPECS["full"]), params, 4, rng, several_slabs)
+
+
+@pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU; runs on a lent H100/H200 (device tool)")
+@pytest.mark.parametrize("knobs", [{"unroll": 4, "blocks_per_sm": 4}, {"vector_bytes": 8, "unroll": 2},
+                                   {"block_threads": 512, "chunk_elems": 16384, "blocks_per_sm": 16}], ids=str)
+def test_cuda_tuning_knobs_match_oracle_on_gpu(knobs):
+    """The tuner's CUDA candidates (vectors in flight, vector width, persistent grid) on the device."""
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES + [(70001,), (300_000,)]]
+    _cuda_steps_match_oracle(adamgen.AdamSpec(**SPECS["full"]), params, 3, rng, caps=replace(CUDA, **knobs))
 
 
 def test_cuda_target_without_a_gpu_says_so():

@@ -46,6 +46,37 @@ def test_coordinate_descent_sets_each_knob_given_the_ones_before():
     assert best == T.TuneConfig(chunk_elems=16384, unroll=1)
 
 
+def test_coordinate_descent_prepares_each_axis_before_timing_it():
+    """The real tuner compiles an axis' candidates side by side: `prepare` gets all of them before
+    the first is measured, with the knobs already chosen set."""
+    axes = (("chunk_elems", (65536, 16384)), ("unroll", (1, 2, 4)))
+    events = []
+    best = T.coordinate_descent(axes, lambda c: events.append(("time", c)) or c.unroll + c.chunk_elems / 1e5,
+                                lambda cs: events.append(("prepare", tuple(cs))))
+    assert best == T.TuneConfig(chunk_elems=16384, unroll=1)
+    assert events[0] == ("prepare", (T.TuneConfig(chunk_elems=65536, unroll=1), T.TuneConfig(chunk_elems=16384, unroll=1)))
+    second = [i for i, e in enumerate(events) if e[0] == "prepare"][1]
+    assert all(e[0] == "time" for e in events[1:second])
+    assert events[second][1] == tuple(T.TuneConfig(chunk_elems=16384, unroll=u) for u in (1, 2, 4))
+
+
+def test_precompile_fills_the_compiler_cache(tmp_path, monkeypatch):
+    """After _precompile, building each candidate's kernels compiles nothing more."""
+    from adamgen import toolchain
+    from adamgen.backends.native import kernel_for
+    from adamgen.compiler import compile_spec
+
+    monkeypatch.setenv("ADAMGEN_CACHE_DIR", str(tmp_path))
+    configs = [T.TuneConfig(chunk_elems=16384), T.TuneConfig(chunk_elems=8192, unroll=2)]
+    T._precompile(SPEC, "cpu", "f32", configs)
+    module = compile_spec(SPEC, "f32").kernels
+    built = sorted(p.name for p in tmp_path.glob("*.so"))
+    assert len(built) == 2
+    for config in configs:
+        source = kernel_for(module, "f32", config.apply(CAPABILITIES["cpu"])).source
+        assert toolchain.compile_host(source).name in built
+
+
 def test_cache_key_covers_dtype_bucket_and_kernel_source(tmp_path):
     cache = tmp_path / "tune.json"
     keys = {T.tune(SPEC, "cpu", dtype, n, cache_file=cache, timer=fake_timer([])).key
@@ -84,6 +115,7 @@ def test_real_timing_on_scratch_arrays(tmp_path):
 
 def test_build_tune_records_the_choice(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "_time_candidate", fake_timer([]))
+    monkeypatch.setattr(T, "_precompile", lambda *args: None)
     monkeypatch.setattr(T, "default_cache_file", lambda: tmp_path / "tune.json")
     out = tmp_path / "adam_tuned_cpu"
     assert main(["build", "--amsgrad", "--target", "cpu", "--tune", "-o", str(out)]) == 0
@@ -98,3 +130,40 @@ def test_build_tune_records_the_choice(tmp_path, monkeypatch):
     params = [jax.numpy.ones((70_000,)), jax.numpy.ones((3,))]
     new, _ = opt.apply([jax.numpy.full((70_000,), 0.5), jax.numpy.full((3,), 0.5)], opt.init(params), params)
     np.testing.assert_allclose(np.asarray(new[0][:3]), np.asarray(new[1]))  # same math in every chunk
+
+
+def test_cuda_search_covers_the_kernel_knobs_and_every_candidate_renders():
+    """The cuda search sets chunk size, threads per block, vector width, vectors per thread, grid
+    size and tensors per call; every config the search can reach is a valid kernel for every
+    param dtype (the knobs validate together, e.g. a chunk is a whole number of vectors)."""
+    from itertools import product
+
+    from adamgen.backends.native import TUNABLE, kernel_for
+    from adamgen.compiler import compile_spec
+
+    knobs = [knob for knob, _ in T.SEARCH["cuda"]]
+    assert set(knobs) == {"chunk_elems", "block_threads", "vector_bytes", "unroll", "blocks_per_sm",
+                          "tensors_per_call"}
+    assert set(knobs) <= set(TUNABLE)  # recorded in the manifest, restored by load
+    assert T.search_size("cuda") == 12
+    caps = CAPABILITIES["cuda"]
+    for knob, values in T.SEARCH["cuda"]:
+        assert values[0] == getattr(caps, knob), f"{knob}: the search starts from the default"
+    module = {d: compile_spec(adamgen.AdamSpec(amsgrad=True), d).kernels for d in ("f32", "bf16")}
+    sources = set()
+    for values in product(*(v for _, v in T.SEARCH["cuda"])):
+        config = T.TuneConfig(**dict(zip(knobs, values)))
+        for dtype, mod in module.items():
+            native = kernel_for(mod, dtype, config.apply(caps))
+            assert native.ctx.chunk_elems % native.ctx.vec_elems == 0
+            sources.add(native.source)
+    assert len(sources) == 2 * 3 ** 5 * 2  # every knob reaches the source
+
+
+@pytest.mark.parametrize("field, value", [("vector_bytes", 12), ("unroll", 0), ("blocks_per_sm", -1),
+                                          ("chunk_elems", 1.5)])
+def test_capabilities_refuse_bad_knobs_naming_the_field(field, value):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=field):
+        replace(CAPABILITIES["cuda"], **{field: value})

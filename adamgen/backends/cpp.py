@@ -33,10 +33,34 @@ class Capabilities:
     tensors_per_call: int = 32
     block_threads: int = 256     # CUDA threads per block (the host flavour ignores it)
     threads: int = 0             # host: most threads one call uses; 0 = XLA's whole intra-op pool
-    unroll: int = 1              # host: unroll factor of the element loop (it is also vectorized)
+    # host: unroll factor of the element loop (it is also vectorized); CUDA: vectors each thread
+    # loads before it computes (elements per thread per iteration = unroll * vector elements)
+    unroll: int = 1
+    # CUDA grid: 0 = one block per chunk; k = at most k blocks per multiprocessor (read off the
+    # device at launch), each striding over the chunks (a persistent grid)
+    blocks_per_sm: int = 0
     # Optimizer slots (m, v, ...) live in one 1-D slab per call instead of one array per param:
     # a step then passes ~2 arrays per param (param, grad) across the JAX boundary, not 4-6.
     packed_slots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.vector_bytes not in VECTOR_BYTES:
+            raise ValueError(f"vector_bytes must be one of {VECTOR_BYTES}, got {self.vector_bytes!r}")
+        for name in ("chunk_elems", "tensors_per_call", "block_threads", "unroll"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("threads", "blocks_per_sm"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+    def vector_elems(self, itemsize: int) -> int:
+        """Elements of one vector access for a storage type of `itemsize` bytes."""
+        return max(1, self.vector_bytes // itemsize)
+
+
+VECTOR_BYTES = (2, 4, 8, 16, 32)
 
 
 HOST = Capabilities(platform="cpu", fma=False, vector_bytes=32, chunk_elems=65536)

@@ -27,7 +27,8 @@ from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
 SOURCE_SUFFIX = {"cpu": "cc", "cuda": "cu"}
 JAX_PLATFORM_OF = {"cpu": "cpu", "cuda": "gpu"}  # a native target's platform -> jax Device.platform
 # The Capabilities fields a tuner may set; the artifact manifest records each of them.
-TUNABLE = ("chunk_elems", "tensors_per_call", "block_threads", "threads", "unroll", "packed_slots")
+TUNABLE = ("chunk_elems", "tensors_per_call", "block_threads", "threads", "unroll", "vector_bytes",
+           "blocks_per_sm", "packed_slots")
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ def kernel_for(module: Module, dtype: str, caps: Capabilities, name: str = "upda
     ctx = ffi.make_context(f"adamgen_{name}_{dtype}", rendered.roles, len(rendered.scalars), rendered.body,
                            n_pertensor=len(rendered.pertensor), n_reduce=len(rendered.outputs),
                            chunk_elems=caps.chunk_elems, block_threads=caps.block_threads,
-                           max_threads=caps.threads, unroll=caps.unroll,
+                           max_threads=caps.threads, unroll=caps.unroll, blocks_per_sm=caps.blocks_per_sm,
+                           vec_elems=caps.vector_elems(ffi.STORAGE[dtype][2].itemsize),
                            launch_param_bytes=ffi.launch_param_bytes(len(rendered.roles), caps.tensors_per_call))
     return NativeKernel(rendered, ctx, ffi.render(ctx, caps.platform))
 
@@ -248,8 +250,7 @@ def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, .
                              "flags": list(toolchain.host_flags() if target == "cpu" else toolchain.cuda_flags())},
                 "tune": tune_record or {"status": "untuned", "reason": "built without --tune: documented defaults"}}
     # The kernel knobs shape the source, so they are part of the reproducible manifest.
-    knobs = {"capabilities": {"fma": caps.fma, "vector_bytes": caps.vector_bytes,
-                              **{key: getattr(caps, key) for key in TUNABLE}}}
+    knobs = {"capabilities": {"fma": caps.fma, **{key: getattr(caps, key) for key in TUNABLE}}}
     return write_artifact(spec, target, out_dir, dtypes, extra_files=extra_files, build_info=build_info,
                           binaries=binaries, manifest_extra=knobs)
 

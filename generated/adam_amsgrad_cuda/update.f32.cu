@@ -2,8 +2,9 @@
 // One launch covers up to kMaxTensors tensors: their role pointers, sizes and a chunk prefix
 // table travel in a __grid_constant__ kernel-argument struct (copied at launch: no host sync,
 // no device table to free, safe under CUDA-graph capture). Runtime scalars are read from the
-// device buffer by every block. Each block walks chunks grid-stride; a chunk uses 16-byte vector
-// accesses when every role pointer is aligned, with a scalar tail.
+// device buffer by every block. Each block walks chunks grid-stride; a chunk uses vector accesses
+// (kVec elements, 16 bytes by default; kUnroll of them in flight per thread) when every role
+// pointer is aligned, with a scalar tail.
 #include <algorithm>
 #include <vector>
 
@@ -307,14 +308,16 @@ namespace adamgen_kernel {
 constexpr std::int64_t kChunk = 65536;
 constexpr int kThreads = 256;
 constexpr int kVec = 4;
+constexpr int kUnroll = 1;  // vectors a thread loads before it computes
 constexpr int kMaxGrid = 1048576;
+constexpr int kBlocksPerSm = 0;
 constexpr std::size_t kParamBytes = 14352;
 
 }  // namespace adamgen_kernel
 // The chunk table shared by the CUDA update and reduction kernels. One launch covers up to
 // kMaxTensors tensors: their role pointers, sizes and a chunk prefix table travel in a
 // __grid_constant__ kernel-argument struct (copied at launch: no host sync, no device table,
-// safe under CUDA-graph capture). Needs kChunk and kParamBytes defined before inclusion.
+// safe under CUDA-graph capture). Needs kChunk, kParamBytes, kMaxGrid and kBlocksPerSm defined before inclusion.
 namespace adamgen_kernel {
 
 constexpr int kMaxTensors = static_cast<int>(
@@ -348,6 +351,21 @@ __device__ __forceinline__ ChunkRef find_chunk(const LaunchArgs& a, std::int32_t
   }
   const std::int64_t begin = static_cast<std::int64_t>(c - a.chunk_start[lo]) * kChunk;
   return {lo, begin, min(kChunk, a.size[lo] - begin)};
+}
+
+// Most blocks a launch starts: kMaxGrid, or kBlocksPerSm per multiprocessor of the current
+// device (a host-side attribute read: no sync, allowed while a CUDA graph is captured).
+inline std::int64_t grid_cap() {
+  if constexpr (kBlocksPerSm == 0) {
+    return kMaxGrid;
+  } else {
+    int device = 0;
+    int sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0)
+      sms = 1;
+    return std::min<std::int64_t>(kMaxGrid, std::int64_t{kBlocksPerSm} * sms);
+  }
 }
 
 // Fill launch tables from the call's tensors and call `launch(args)` for each full table.
@@ -421,6 +439,24 @@ __device__ __forceinline__ void vstep(std::integer_sequence<int, r...>, void* co
   (vstore<r>(x, p, i), ...);
 }
 
+// kUnroll vectors kThreads * kVec elements apart: every load in flight before the first use.
+template <int... r>
+__device__ __forceinline__ void vstep_unrolled(std::integer_sequence<int, r...>, void* const (&p)[kRoles],
+                                               std::int64_t i, const float* __restrict__ s,
+                                               const float* __restrict__ pt) {
+  constexpr std::int64_t kStride = std::int64_t{kThreads} * kVec;
+  float x[kUnroll][kVec][kRoles];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) (vload<r>(x[u], p, i + u * kStride), ...);
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) element(x[u][k], s, pt);
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) (vstore<r>(x[u], p, i + u * kStride), ...);
+}
+
 template <int... r>
 __device__ __forceinline__ void offset_all(std::integer_sequence<int, r...>, void* (&p)[kRoles],
                                            void* const (&base)[kRoles], std::int64_t begin) {
@@ -443,8 +479,12 @@ multi_tensor_kernel(const __grid_constant__ LaunchArgs a, const float* __restric
     std::int64_t done = 0;
     if (all_aligned(AllRoles{}, p)) {
       done = n / kVec * kVec;
-      for (std::int64_t i = threadIdx.x * kVec; i < done; i += kThreads * kVec)
-        vstep(AllRoles{}, p, i, s, pt);
+      constexpr std::int64_t kStride = std::int64_t{kThreads} * kVec;
+      std::int64_t i = threadIdx.x * kVec;
+      if constexpr (kUnroll > 1) {
+        for (; i + (kUnroll - 1) * kStride < done; i += kUnroll * kStride) vstep_unrolled(AllRoles{}, p, i, s, pt);
+      }
+      for (; i < done; i += kStride) vstep(AllRoles{}, p, i, s, pt);
     }
     for (std::int64_t i = done + threadIdx.x; i < n; i += kThreads) step_at(p, i, s, pt);
   }
@@ -454,7 +494,7 @@ xla::ffi::Error launch(cudaStream_t stream, const LaunchArgs& a, const float* sc
                        const float* pertensor) {
   const std::int32_t n_chunks = a.chunk_start[a.n_tensors];
   if (n_chunks == 0) return xla::ffi::Error::Success();
-  const int grid = static_cast<int>(std::min<std::int64_t>(n_chunks, kMaxGrid));
+  const int grid = static_cast<int>(std::min<std::int64_t>(n_chunks, grid_cap()));
   multi_tensor_kernel<<<grid, kThreads, 0, stream>>>(a, scalars, pertensor);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)

@@ -292,6 +292,7 @@ namespace adamgen_kernel {
 constexpr std::int64_t kChunk = 65536;
 constexpr int kThreads = 256;
 constexpr int kMaxGrid = 1048576;
+constexpr int kBlocksPerSm = 0;
 constexpr std::size_t kParamBytes = 10256;
 constexpr int kFirstSum = kRoles - kReduce;
 
@@ -299,7 +300,7 @@ constexpr int kFirstSum = kRoles - kReduce;
 // The chunk table shared by the CUDA update and reduction kernels. One launch covers up to
 // kMaxTensors tensors: their role pointers, sizes and a chunk prefix table travel in a
 // __grid_constant__ kernel-argument struct (copied at launch: no host sync, no device table,
-// safe under CUDA-graph capture). Needs kChunk and kParamBytes defined before inclusion.
+// safe under CUDA-graph capture). Needs kChunk, kParamBytes, kMaxGrid and kBlocksPerSm defined before inclusion.
 namespace adamgen_kernel {
 
 constexpr int kMaxTensors = static_cast<int>(
@@ -333,6 +334,21 @@ __device__ __forceinline__ ChunkRef find_chunk(const LaunchArgs& a, std::int32_t
   }
   const std::int64_t begin = static_cast<std::int64_t>(c - a.chunk_start[lo]) * kChunk;
   return {lo, begin, min(kChunk, a.size[lo] - begin)};
+}
+
+// Most blocks a launch starts: kMaxGrid, or kBlocksPerSm per multiprocessor of the current
+// device (a host-side attribute read: no sync, allowed while a CUDA graph is captured).
+inline std::int64_t grid_cap() {
+  if constexpr (kBlocksPerSm == 0) {
+    return kMaxGrid;
+  } else {
+    int device = 0;
+    int sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0)
+      sms = 1;
+    return std::min<std::int64_t>(kMaxGrid, std::int64_t{kBlocksPerSm} * sms);
+  }
 }
 
 // Fill launch tables from the call's tensors and call `launch(args)` for each full table.
@@ -433,7 +449,7 @@ xla::ffi::Error launch(cudaStream_t stream, const LaunchArgs& a, const float* s,
                        float* partial, unsigned int* done, float* out) {
   const std::int32_t n_chunks = a.chunk_start[a.n_tensors];
   if (n_chunks == 0) return xla::ffi::Error::Success();
-  const int grid = static_cast<int>(std::min<std::int64_t>(n_chunks, kMaxGrid));
+  const int grid = static_cast<int>(std::min<std::int64_t>(n_chunks, grid_cap()));
   multi_tensor_reduce<<<grid, kThreads, 0, stream>>>(a, s, pt, partial, done, out);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return xla::ffi::Error(xla::ffi::ErrorCode::kInternal, cudaGetErrorString(err));

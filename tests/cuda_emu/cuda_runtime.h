@@ -45,6 +45,18 @@ extern "C" __attribute__((visibility("default"))) long adamgen_emu_vector_count(
   return adamgen_emu_vector_chunks.load();
 }
 
+// Iterations of the update kernel's unrolled vector loop (the test's rewrite counts them), and
+// the largest grid a launch asked for since the last reset. (g++ makes inline variables unique
+// process-wide, so every emulated kernel library shares these counters.)
+inline std::atomic<long> adamgen_emu_unrolled_steps{0};
+inline void adamgen_emu_count_unrolled() { adamgen_emu_unrolled_steps.fetch_add(1); }
+extern "C" __attribute__((visibility("default"))) long adamgen_emu_unrolled_count() {
+  return adamgen_emu_unrolled_steps.load();
+}
+inline std::atomic<int> adamgen_emu_grid{0};
+extern "C" __attribute__((visibility("default"))) int adamgen_emu_max_grid() { return adamgen_emu_grid.load(); }
+extern "C" __attribute__((visibility("default"))) void adamgen_emu_reset_grid() { adamgen_emu_grid.store(0); }
+
 // Device-wide ordering and the finished-blocks counter of the reduction's last-block combine.
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 template <typename T>
@@ -61,6 +73,17 @@ using cudaStream_t = void*;
 enum cudaError_t { cudaSuccess = 0 };
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
+// The device: kEmuMultiprocessors "SMs" (what a kernel's blocks_per_sm grid cap multiplies).
+inline constexpr int kEmuMultiprocessors = 2;
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  *value = attr == cudaDevAttrMultiProcessorCount ? kEmuMultiprocessors : 0;
+  return cudaSuccess;
+}
 inline cudaError_t cudaMemsetAsync(void* p, int value, std::size_t n, cudaStream_t) {
   std::memset(p, value, n);
   return cudaSuccess;
@@ -77,6 +100,7 @@ inline std::mutex adamgen_emu_launch_mutex;
 template <typename Kernel, typename... Args>
 void adamgen_emu_launch(Kernel kernel, int grid, int threads, std::size_t, cudaStream_t, const Args&... args) {
   std::lock_guard<std::mutex> hold(adamgen_emu_launch_mutex);
+  adamgen_emu_grid.store(std::max(adamgen_emu_grid.load(), grid));
   for (int b = 0; b < grid; ++b) {
     std::barrier<> sync(threads);
     std::vector<std::thread> team;
