@@ -136,23 +136,24 @@ def _write_cache(path: Path, data: dict) -> None:
 
 
 class Progress:
-    """A one-line progress bar on stderr when it is a terminal; silent otherwise."""
+    """A tqdm progress bar on stderr while tuning when it is a terminal; silent otherwise."""
 
     def __init__(self, total: int, label: str, stream=None) -> None:
-        self.total, self.label, self.done = total, label, 0
+        from tqdm import tqdm
+
         self.stream = stream or sys.stderr
         self.active = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.done = 0
+        self._bar = tqdm(total=total, desc=label, file=self.stream, disable=not self.active,
+                         unit="config", leave=True, dynamic_ncols=True)
 
     def step(self, note: str = "") -> None:
         self.done += 1
-        if not self.active:
-            return
-        width = 30
-        filled = width * self.done // max(self.total, 1)
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {note:<30}")
-        if self.done >= self.total:
-            self.stream.write("\n")
-        self.stream.flush()
+        if note:
+            self._bar.set_postfix_str(note, refresh=False)
+        self._bar.update(1)
+        if self.done >= self._bar.total:
+            self._bar.close()
 
 
 def _precompile(spec, target: str, dtype: str, configs: list[TuneConfig]) -> None:
@@ -213,7 +214,7 @@ def coordinate_descent(axes, measure: Callable[[TuneConfig], float],
     return best
 
 
-def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cache_file: Path | None = None,
+def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cache_file: Path | str | None = None,
          repeats: int = 7, candidates: list[TuneConfig] | None = None,
          timer: Callable | None = None) -> TuneResult:
     """The fastest TuneConfig for `spec` on this machine's `target` (cached)."""
@@ -231,7 +232,7 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
     source_hash = hashlib.sha256(kernel_for(module, dtype, CAPABILITIES[target]).source.encode()).hexdigest()
     bucket = size_bucket(n_params)
     key = cache_key(target, dtype, bucket, source_hash)
-    cache_file = cache_file or default_cache_file()
+    cache_file = Path(cache_file) if cache_file is not None else default_cache_file()
     cache = _read_cache(cache_file)
     if key in cache:
         hit = cache[key]

@@ -167,3 +167,30 @@ def test_capabilities_refuse_bad_knobs_naming_the_field(field, value):
 
     with pytest.raises(ValueError, match=field):
         replace(CAPABILITIES["cuda"], **{field: value})
+
+
+class _Terminal:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bar_on_a_terminal_only(tty):
+    out = _Terminal(tty)
+    bar = T.Progress(3, "adamgen tune cpu", stream=out)
+    for ms in (1.5, 2.5, 0.5):
+        bar.step(f"{ms:.2f} ms")
+    if tty:
+        assert "adamgen tune cpu" in out.text and "3/3" in out.text and "0.50 ms" in out.text
+    else:
+        assert out.text == ""

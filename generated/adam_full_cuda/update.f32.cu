@@ -385,8 +385,10 @@ inline std::int64_t grid_cap() {
     int device = 0;
     int sms = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0)
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
+      (void)cudaGetLastError();  // not the launch's error: clear it, assume one multiprocessor
       sms = 1;
+    }
     return std::min<std::int64_t>(kMaxGrid, std::int64_t{kBlocksPerSm} * sms);
   }
 }
