@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -41,8 +42,12 @@ class TuneConfig:
     vector_bytes: int | None = None
     blocks_per_sm: int | None = None
 
+    def knobs(self) -> dict[str, int]:
+        """The knobs this config sets (what the manifest and the cache record)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
     def apply(self, caps: Capabilities) -> Capabilities:
-        return replace(caps, **{k: v for k, v in asdict(self).items() if v is not None})
+        return replace(caps, **self.knobs())
 
 
 # The values tried per knob, the target's default first. The search is coordinate descent from
@@ -73,7 +78,7 @@ class TuneResult:
     reason: str = ""
 
     def record(self) -> dict:
-        return {"status": self.status, "config": asdict(self.config), "key": self.key,
+        return {"status": self.status, "config": self.config.knobs(), "key": self.key,
                 "timings_ms": dict(self.timings_ms), "reason": self.reason}
 
 
@@ -144,8 +149,10 @@ class Progress:
         self.stream = stream or sys.stderr
         self.active = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.done = 0
+        # shutil falls back to 80x24 where the terminal reports a size of 0 (tqdm would draw nothing)
+        size = shutil.get_terminal_size()
         self._bar = tqdm(total=total, desc=label, file=self.stream, disable=not self.active,
-                         unit="config", leave=True, dynamic_ncols=True)
+                         unit="config", leave=True, ncols=size.columns, nrows=size.lines)
 
     def step(self, note: str = "") -> None:
         self.done += 1
@@ -260,8 +267,8 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
     else:
         progress = Progress(search_size(target), f"adamgen tune {target}")
         best = coordinate_descent(SEARCH[target], measure, prepare)
-    timings = tuple((json.dumps(asdict(c), sort_keys=True), ms) for c, ms in measured.items())
+    timings = tuple((json.dumps(c.knobs(), sort_keys=True), ms) for c, ms in measured.items())
     result = TuneResult(best, "tuned", key, timings)
-    cache[key] = {"config": asdict(result.config), "timings_ms": dict(timings)}
+    cache[key] = {"config": result.config.knobs(), "timings_ms": dict(timings)}
     _write_cache(cache_file, cache)
     return result
