@@ -142,8 +142,6 @@ def _check_positive(ctx: KernelContext) -> None:
             ctx.slab_align_bytes % b for b in ctx.role_bytes):
         raise ValueError(f"slab_align_bytes must be a positive multiple of every role's element size "
                          f"{sorted(set(ctx.role_bytes))}, got {ctx.slab_align_bytes!r}")
-    if ctx.chunk_elems % ctx.vec_elems:
-        raise ValueError("chunk_elems must be a multiple of vec_elems (keeps chunks aligned)")
 
 
 def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: Sequence[str],
@@ -197,6 +195,10 @@ def render(ctx: KernelContext, platform: str) -> str:
     ``ctx.n_reduce`` > 0)."""
     if platform not in TEMPLATES:
         raise ValueError(f"unknown platform {platform!r}; allowed: {sorted(TEMPLATES)}")
+    if platform == "cuda" and ctx.chunk_elems % ctx.vec_elems:
+        # every chunk of a tensor then starts on a vector boundary (the host loop has no vectors)
+        raise ValueError(f"chunk_elems must be a multiple of the CUDA vector's {ctx.vec_elems} elements "
+                         f"({ctx.symbol}), got {ctx.chunk_elems}")
     table = REDUCE_TEMPLATES if ctx.n_reduce else TEMPLATES
     return ENV.get_template(table[platform]).render(**asdict(ctx), loop_pragma=loop_pragma(ctx.unroll),
                                                     cuda_arg_limit_bytes=CUDA_ARG_LIMIT_BYTES)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ import numpy as np
 
 from adamgen import toolchain
 from adamgen.backends.cpp import CAPABILITIES, Capabilities
+from adamgen.ffi import STORAGE
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,13 @@ class Progress:
         self.stream = stream or sys.stderr
         self.active = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.done = 0
-        # shutil falls back to 80x24 where the terminal reports a size of 0 (tqdm would draw nothing)
-        size = shutil.get_terminal_size()
+        # the stream's own terminal size; 80x24 where it reports none (tqdm would draw nothing)
+        try:
+            size = os.get_terminal_size(self.stream.fileno()) if self.active else os.terminal_size((80, 24))
+        except (AttributeError, OSError, ValueError):
+            size = os.terminal_size((80, 24))
+        if size.columns <= 0 or size.lines <= 0:
+            size = os.terminal_size((80, 24))
         self._bar = tqdm(total=total, desc=label, file=self.stream, disable=not self.active,
                          unit="config", leave=True, ncols=size.columns, nrows=size.lines)
 
@@ -160,7 +165,10 @@ class Progress:
             self._bar.set_postfix_str(note, refresh=False)
         self._bar.update(1)
         if self.done >= self._bar.total:
-            self._bar.close()
+            self.close()
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 def _precompile(spec, target: str, dtype: str, configs: list[TuneConfig]) -> None:
@@ -184,7 +192,7 @@ def _time_candidate(spec, target: str, dtype: str, caps: Capabilities, workloads
 
     opt = Optimizer(spec, target, NativeExecutor(spec, kernels_for(spec), target, caps=caps), donates=True)
     rng = np.random.default_rng(0)
-    np_dtype = {"f32": np.float32, "f16": np.float16}.get(dtype, np.float32)
+    np_dtype = STORAGE[dtype][2]
     total = 0.0
     for count, size in workloads:
         params = [jax.device_put(rng.standard_normal(size).astype(np_dtype)) for _ in range(count)]
@@ -251,22 +259,30 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
         timer = _time_candidate
         prepare = lambda configs: _precompile(spec, target, dtype, configs)  # noqa: E731
     measured: dict[TuneConfig, float] = {}
+    by_kernel: dict[Capabilities, float] = {}  # configs that build the same kernel share a timing
+    itemsize = STORAGE[dtype][2].itemsize
 
     def measure(config: TuneConfig) -> float:
         if config not in measured:
-            measured[config] = timer(spec, target, dtype, config.apply(CAPABILITIES[target]),
-                                     WORKLOADS[bucket], repeats)
+            caps = config.apply(CAPABILITIES[target])
+            effective = replace(caps, unroll=caps.unroll_for(itemsize))
+            if effective not in by_kernel:
+                by_kernel[effective] = timer(spec, target, dtype, caps, WORKLOADS[bucket], repeats)
+            measured[config] = by_kernel[effective]
             progress.step(f"{measured[config]:.2f} ms")
         return measured[config]
 
-    if candidates:  # an explicit list: time every one
-        progress = Progress(len(set(candidates)), f"adamgen tune {target}")
-        if prepare is not None:
-            prepare(list(candidates))
-        best = min(candidates, key=measure)
-    else:
-        progress = Progress(search_size(target), f"adamgen tune {target}")
-        best = coordinate_descent(SEARCH[target], measure, prepare)
+    total = len(set(candidates)) if candidates else search_size(target)
+    progress = Progress(total, f"adamgen tune {target}")
+    try:
+        if candidates:  # an explicit list: time every one
+            if prepare is not None:
+                prepare(list(candidates))
+            best = min(candidates, key=measure)
+        else:
+            best = coordinate_descent(SEARCH[target], measure, prepare)
+    finally:
+        progress.close()
     timings = tuple((json.dumps(c.knobs(), sort_keys=True), ms) for c, ms in measured.items())
     result = TuneResult(best, "tuned", key, timings)
     cache[key] = {"config": result.config.knobs(), "timings_ms": dict(timings)}

@@ -223,12 +223,16 @@ def test_host_reduce_kernel_against_interpreter(name, dtype):
 @pytest.mark.parametrize("kernel_name, name, tensors_per_call, knobs", [
     ("update", "plain", None, {}), ("update", "full", None, {}), ("reduce1", "full", None, {}),
     ("update", "full", 5000, {}),  # the launch table at CUDA's kernel-argument limit
-    ("update", "full", None, {"unroll": 4, "blocks_per_sm": 4})])  # the tuner's largest unroll, a persistent grid
+    # the tuner's largest unroll with a persistent grid, and with 512 threads (unroll lowered to fit)
+    ("update", "full", None, {"unroll": 4, "blocks_per_sm": 4}),
+    ("update", "full", None, {"unroll": 4, "block_threads": 512, "dtype": "bf16"})])
 def test_rendered_cuda_compiles_without_spills(kernel_name, name, tensors_per_call, knobs):
     """nvcc builds SASS for sm_80 and sm_90 plus PTX; ptxas reports no spills."""
     spec = adamgen.AdamSpec(**SPECS[name])
+    knobs = dict(knobs)
+    dtype = knobs.pop("dtype", "f32")
     caps = replace(CUDA, tensors_per_call=tensors_per_call or CUDA.tensors_per_call, **knobs)
-    native = kernel_for(compile_spec(spec, "f32").kernels, "f32", caps, kernel_name)
+    native = kernel_for(compile_spec(spec, dtype).kernels, dtype, caps, kernel_name)
     if tensors_per_call:
         assert native.ctx.launch_param_bytes == ffi.CUDA_MAX_PARAM_BYTES
     report = toolchain.ptxas_report(native.source)

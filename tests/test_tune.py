@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import jax
 import numpy as np
@@ -150,21 +151,33 @@ def test_cuda_search_covers_the_kernel_knobs_and_every_candidate_renders():
     for knob, values in T.SEARCH["cuda"]:
         assert values[0] == getattr(caps, knob), f"{knob}: the search starts from the default"
     module = {d: compile_spec(adamgen.AdamSpec(amsgrad=True), d).kernels for d in ("f32", "bf16")}
-    sources = set()
+    sources, effective = set(), set()
     for values in product(*(v for _, v in T.SEARCH["cuda"])):
         config = T.TuneConfig(**dict(zip(knobs, values)))
         for dtype, mod in module.items():
-            native = kernel_for(mod, dtype, config.apply(caps))
+            tuned = config.apply(caps)
+            native = kernel_for(mod, dtype, tuned)
             assert native.ctx.chunk_elems % native.ctx.vec_elems == 0
             sources.add(native.source)
-    assert len(sources) == 2 * 3 ** 5 * 2  # every knob reaches the source
+            effective.add((dtype, replace(tuned, unroll=tuned.unroll_for(2 if dtype == "bf16" else 4))))
+    # every knob reaches the source (an unroll that the register budget lowers renders as the lower one)
+    assert len(sources) == len(effective) > 2 * 3 ** 4 * 2 * 2
+
+
+def test_cuda_unroll_is_lowered_to_the_register_budget():
+    """Elements in flight per block (threads x unroll x vector) stay within inflight_elems; the
+    host flavour keeps its unroll."""
+    cuda = CAPABILITIES["cuda"]
+    assert replace(cuda, unroll=4).unroll_for(4) == 4            # 256 threads x 4 x 4 f32
+    assert replace(cuda, unroll=4, block_threads=512).unroll_for(4) == 2
+    assert replace(cuda, unroll=4, block_threads=512).unroll_for(2) == 1  # bf16: 8-element vectors
+    assert replace(cuda, unroll=4, block_threads=1024, vector_bytes=16).unroll_for(4) == 1
+    assert replace(CAPABILITIES["cpu"], unroll=4).unroll_for(4) == 4
 
 
 @pytest.mark.parametrize("field, value", [("vector_bytes", 12), ("unroll", 0), ("blocks_per_sm", -1),
-                                          ("chunk_elems", 1.5)])
+                                          ("chunk_elems", 1.5), ("block_threads", 96), ("block_threads", 2048)])
 def test_capabilities_refuse_bad_knobs_naming_the_field(field, value):
-    from dataclasses import replace
-
     with pytest.raises(ValueError, match=field):
         replace(CAPABILITIES["cuda"], **{field: value})
 
@@ -194,3 +207,19 @@ def test_progress_bar_on_a_terminal_only(tty):
         assert "adamgen tune cpu" in out.text and "3/3" in out.text and "0.50 ms" in out.text
     else:
         assert out.text == ""
+
+
+def test_configs_that_build_the_same_kernel_are_timed_once(tmp_path, monkeypatch):
+    """At 512 threads an unroll of 4 is lowered to 2 (the register budget): the search times
+    that kernel once and gives both configs its time."""
+    monkeypatch.setattr(T, "fingerprint", lambda target: {"gpu": "stand-in", "compute_capability": "9.0"})
+    monkeypatch.setattr(T.toolchain, "compiler_version", lambda kind: "nvcc stand-in")
+    calls = []
+    cands = [T.TuneConfig(block_threads=512, unroll=2), T.TuneConfig(block_threads=512, unroll=4),
+             T.TuneConfig(block_threads=256, unroll=4)]
+    res = T.tune(SPEC, "cuda", cache_file=tmp_path / "t.json", candidates=cands,
+                 timer=lambda spec, target, dtype, caps, workloads, repeats: calls.append(caps) or caps.unroll)
+    assert len(calls) == 2
+    timings = dict(res.timings_ms)
+    assert len(timings) == 3 and timings[json.dumps(cands[0].knobs(), sort_keys=True)] == \
+        timings[json.dumps(cands[1].knobs(), sort_keys=True)]

@@ -39,6 +39,11 @@ class Capabilities:
     # CUDA grid: 0 = one block per chunk; k = at most k blocks per multiprocessor (read off the
     # device at launch), each striding over the chunks (a persistent grid)
     blocks_per_sm: int = 0
+    # Most elements a block holds in flight (block_threads x unroll x vector elements) before the
+    # kernel would spill registers; the unroll is lowered to fit (0: no limit). CUDA: 4096, from
+    # ptxas on the full variant (7 roles): f32 at 512 threads spills from 12 elements a thread,
+    # bf16 at 512 threads at 16; 16 a thread at 256 threads uses 240 of 255 registers.
+    inflight_elems: int = 0
     # Optimizer slots (m, v, ...) live in one 1-D slab per call instead of one array per param:
     # a step then passes ~2 arrays per param (param, grad) across the JAX boundary, not 4-6.
     packed_slots: bool = True
@@ -50,7 +55,10 @@ class Capabilities:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("threads", "blocks_per_sm"):
+        if self.block_threads & (self.block_threads - 1) or not 32 <= self.block_threads <= 1024:
+            # the CUDA block reduction halves its stride: a power of two, at most CUDA's 1024
+            raise ValueError(f"block_threads must be a power of two from 32 to 1024, got {self.block_threads!r}")
+        for name in ("threads", "blocks_per_sm", "inflight_elems"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
@@ -59,6 +67,14 @@ class Capabilities:
         """Elements of one vector access for a storage type of `itemsize` bytes."""
         return max(1, self.vector_bytes // itemsize)
 
+    def unroll_for(self, itemsize: int) -> int:
+        """The unroll a kernel over `itemsize`-byte elements gets: `unroll`, lowered until the
+        block's elements in flight fit `inflight_elems`."""
+        if not self.inflight_elems:
+            return self.unroll
+        fits = self.inflight_elems // (self.block_threads * self.vector_elems(itemsize))
+        return max(1, min(self.unroll, fits))
+
 
 VECTOR_BYTES = (2, 4, 8, 16, 32)
 
@@ -66,7 +82,8 @@ VECTOR_BYTES = (2, 4, 8, 16, 32)
 HOST = Capabilities(platform="cpu", fma=False, vector_bytes=32, chunk_elems=65536)
 # CUDA: one launch per custom call (the table travels in up to 32 KiB of kernel arguments), so
 # more tensors per call means fewer launches: 4 for a 1000-tensor tree instead of 32.
-CUDA = Capabilities(platform="cuda", fma=False, vector_bytes=16, chunk_elems=65536, tensors_per_call=256)
+CUDA = Capabilities(platform="cuda", fma=False, vector_bytes=16, chunk_elems=65536, tensors_per_call=256,
+                    inflight_elems=4096)
 CAPABILITIES = {"cpu": HOST, "cuda": CUDA}
 
 FLOAT_TYPES = ("f32", "f16", "bf16")
