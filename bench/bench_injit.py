@@ -7,7 +7,8 @@ grads, a few slot slabs) and ~1000 out; each output array costs JAX several micr
 CPU before any math runs. Inside the caller's jitted train step (how a training loop runs it)
 that cost is paid once per train step. This runs, interleaved and in one process: the C floor on
 the same bytes, adamgen cpu and jax targets per call, the same inside a jit of K unrolled steps
-(time / K), optax per call, and the call boundary alone (a jit over the same arrays that does
+(time / K), optax per call, torch.optim.Adam fused and foreach (when torch is installed), and the
+call boundary alone (a jit over the same arrays that does
 no work). The in-jit row still carries 1/K of that boundary: K = 20 (the default) leaves ~0.6 ms
 of it in a step, K = 5 ~2.9 ms.
 """
@@ -28,7 +29,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamgen  # noqa: E402
-from adam_peers import LR, VARIANTS, floor_lib, optax_step, optax_transform  # noqa: E402
+from adam_peers import (LR, VARIANTS, floor_lib, optax_step, optax_transform, torch_available,  # noqa: E402
+                        torch_step)
 
 
 def main() -> None:
@@ -111,6 +113,19 @@ def main() -> None:
         obox["p"], obox["s"], _ = ostep(obox["p"], obox["s"], None, grads)
         jax.block_until_ready(obox["p"])
     cands["optax jit+donate, per call" + (" (no EMA: moves 40 of the 48 B/param)" if full else "")] = optax_call
+
+    # torch.optim.Adam fused and foreach on the same tree (CPU tensors sharing the host arrays'
+    # values), when torch imports: the peer whose fused kernel the issue sets the bar against.
+    if torch_available() is None:
+        import torch
+        for mode in ("fused", "foreach"):
+            tparams = [torch.from_numpy(h.copy()) for h in host]
+            for tp, g in zip(tparams, grads):
+                tp.grad = torch.from_numpy(np.asarray(g).copy())
+            cands[f"torch {mode}"] = torch_step(tparams, args.variant, mode)
+            cands[f"torch {mode}"]()
+    else:
+        print(f"torch: not measured ({torch_available()})")
 
     # JAX's own cost of the call boundary: a jit that takes the same arrays as adamgen's packed
     # step (params donated, grads, two slabs donated) and returns params and slabs without
