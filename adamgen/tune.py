@@ -265,7 +265,7 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
     def measure(config: TuneConfig) -> float:
         if config not in measured:
             caps = config.apply(CAPABILITIES[target])
-            effective = replace(caps, unroll=caps.unroll_for(itemsize))
+            effective = caps.effective(itemsize)
             if effective not in by_kernel:
                 by_kernel[effective] = timer(spec, target, dtype, caps, WORKLOADS[bucket], repeats)
             measured[config] = by_kernel[effective]

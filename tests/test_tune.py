@@ -159,7 +159,7 @@ def test_cuda_search_covers_the_kernel_knobs_and_every_candidate_renders():
             native = kernel_for(mod, dtype, tuned)
             assert native.ctx.chunk_elems % native.ctx.vec_elems == 0
             sources.add(native.source)
-            effective.add((dtype, replace(tuned, unroll=tuned.unroll_for(2 if dtype == "bf16" else 4))))
+            effective.add((dtype, tuned.effective(2 if dtype == "bf16" else 4)))
     # every knob reaches the source (an unroll that the register budget lowers renders as the lower one)
     assert len(sources) == len(effective) > 2 * 3 ** 4 * 2 * 2
 

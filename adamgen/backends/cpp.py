@@ -9,7 +9,7 @@ Targets declare capabilities as data (`Capabilities`); nothing here asks which t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -74,6 +74,11 @@ class Capabilities:
             return self.unroll
         fits = self.inflight_elems // (self.block_threads * self.vector_elems(itemsize))
         return max(1, min(self.unroll, fits))
+
+    def effective(self, itemsize: int) -> "Capabilities":
+        """The capabilities a kernel over `itemsize`-byte elements is built with (the unroll
+        lowered to fit): two configs with the same effective capabilities build the same kernel."""
+        return replace(self, unroll=self.unroll_for(itemsize))
 
 
 VECTOR_BYTES = (2, 4, 8, 16, 32)

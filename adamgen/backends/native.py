@@ -46,10 +46,11 @@ def kernel_for(module: Module, dtype: str, caps: Capabilities, name: str = "upda
     if caps.packed_slots:
         rendered = replace(rendered, roles=tuple(replace(r, packed=r.name in SLOT_TO_FIELD) for r in rendered.roles))
     itemsize = ffi.STORAGE[dtype][2].itemsize
+    built = caps.effective(itemsize)
     ctx = ffi.make_context(f"adamgen_{name}_{dtype}", rendered.roles, len(rendered.scalars), rendered.body,
                            n_pertensor=len(rendered.pertensor), n_reduce=len(rendered.outputs),
                            chunk_elems=caps.chunk_elems, block_threads=caps.block_threads,
-                           max_threads=caps.threads, unroll=caps.unroll_for(itemsize), blocks_per_sm=caps.blocks_per_sm,
+                           max_threads=caps.threads, unroll=built.unroll, blocks_per_sm=caps.blocks_per_sm,
                            vec_elems=caps.vector_elems(itemsize),
                            launch_param_bytes=ffi.launch_param_bytes(len(rendered.roles), caps.tensors_per_call))
     return NativeKernel(rendered, ctx, ffi.render(ctx, caps.platform))
