@@ -150,12 +150,14 @@ class Progress:
         self.active = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.done = 0
         # the stream's own terminal size; 80x24 where it reports none (tqdm would draw nothing)
-        try:
-            size = os.get_terminal_size(self.stream.fileno()) if self.active else os.terminal_size((80, 24))
-        except (AttributeError, OSError, ValueError):
-            size = os.terminal_size((80, 24))
-        if size.columns <= 0 or size.lines <= 0:
-            size = os.terminal_size((80, 24))
+        size = os.terminal_size((80, 24))
+        if self.active:
+            try:
+                found = os.get_terminal_size(self.stream.fileno())
+            except (AttributeError, OSError, ValueError):
+                found = size
+            if found.columns > 0 and found.lines > 0:
+                size = found
         self._bar = tqdm(total=total, desc=label, file=self.stream, disable=not self.active,
                          unit="config", leave=True, ncols=size.columns, nrows=size.lines)
 
