@@ -55,7 +55,7 @@ class TuneConfig:
 # the knobs before it (8 timings on cpu instead of the 54 of the full product). Streaming
 # (non-temporal) stores are not a knob: every array Adam writes it has just read, so its lines
 # are already in cache and a streaming store saves no read-for-ownership; measured on the Adam
-# pattern they were 10-25% slower (bench/streaming_stores.c, bench/RESULTS.md).
+# pattern they were 6-25% slower (bench/streaming_stores.c, bench/RESULTS.md).
 SEARCH: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
     "cpu": (("chunk_elems", (65536, 16384, 262144)), ("tensors_per_call", (32, 16, 64)),
             ("unroll", (1, 2, 4)), ("threads", (0, 1))),

@@ -5,30 +5,19 @@
  *   gcc -O3 -march=native -fopenmp -fno-math-errno bench/floor_tree.c -o /tmp/ft -lm && /tmp/ft
  */
 #define _POSIX_C_SOURCE 200809L
-#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
-enum { kTensors = 1000, kChunk = 65536 };
+#include "adam_loop.h"
+
+enum { kTensors = 1000 };
 
 static double now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static inline void adam(float* restrict p, const float* restrict g, float* restrict m,
-                        float* restrict v, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float mi = m[i] + (g[i] - m[i]) * 0.1f;
-    const float vi = v[i] + (g[i] * g[i] - v[i]) * 0.001f;
-    p[i] = p[i] - 0.001f * mi / (sqrtf(vi) + 1e-7f);
-    m[i] = mi;
-    v[i] = vi;
-  }
 }
 
 static float* filled(int64_t n, float value) {
@@ -57,14 +46,10 @@ int main(void) {
   double flat = 1e30, tree = 1e30;
   for (int round = 0; round < 15; ++round) {
     const double t0 = now();
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c) {
-      const int64_t a = c * kChunk, len = (a + kChunk < n ? a + kChunk : n) - a;
-      adam(fp + a, fg + a, fm + a, fv + a, len);
-    }
+    adam_flat(fp, fg, fm, fv, n);
     const double t1 = now();
 #pragma omp parallel for schedule(dynamic, 8)
-    for (int t = 0; t < kTensors; ++t) adam(P[t], G[t], M[t], V[t], sizes[t]);
+    for (int t = 0; t < kTensors; ++t) adam_span(P[t], G[t], M[t], V[t], sizes[t]);
     const double t2 = now();
     if (t1 - t0 < flat) flat = t1 - t0;
     if (t2 - t1 < tree) tree = t2 - t1;

@@ -1,6 +1,7 @@
 /* Streaming (non-temporal) stores on the Adam access pattern, against plain stores: the measure
- * behind the cpu tuner leaving them out (adamgen/tune.py). Plain fp32 Adam over 16.8M params,
- * OpenMP threads (OMP_NUM_THREADS), best of 15 interleaved rounds each:
+ * behind the cpu tuner leaving them out (adamgen/tune.py). Plain fp32 Adam over 16.8M params
+ * (adam_loop.h's chunked loop against the same arithmetic with _mm256_stream_ps), OpenMP threads
+ * (OMP_NUM_THREADS), best of 15 interleaved rounds each:
  *
  *   gcc -O3 -march=native -fopenmp -fno-math-errno bench/streaming_stores.c -o /tmp/ss -lm && /tmp/ss
  *
@@ -16,22 +17,12 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "adam_loop.h"
+
 static double now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static void plain(float* restrict p, const float* restrict g, float* restrict m, float* restrict v,
-                  int64_t n) {
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const float mi = m[i] + (g[i] - m[i]) * 0.1f;
-    const float vi = v[i] + (g[i] * g[i] - v[i]) * 0.001f;
-    p[i] = p[i] - 0.001f * mi / (sqrtf(vi) + 1e-7f);
-    m[i] = mi;
-    v[i] = vi;
-  }
 }
 
 /* The same arithmetic, 8 floats at a time, with _mm256_stream_ps for every written array. */
@@ -66,7 +57,7 @@ int main(void) {
   for (int round = 0; round < 15; ++round) {
     for (int which = 0; which < 2; ++which) {
       const double t0 = now();
-      (which ? streaming : plain)(a[0], a[1], a[2], a[3], n);
+      (which ? streaming : adam_flat)(a[0], a[1], a[2], a[3], n);
       const double ms = (now() - t0) * 1e3;
       if (ms < best[which]) best[which] = ms;
     }
