@@ -26,6 +26,18 @@ VARIANTS = {"plain": PLAIN, "full": FULL}
 LR, EPS = 1e-3, 1e-7
 # Per-param fp32 arrays a peer owns (params + slots); sizes the memory groups of the runner.
 OWNED = {"plain": 3, "full": 5}
+# Steps one timed call of an in-jit candidate runs; the runner divides its time by this. At 10
+# a step still carries a tenth of JAX's call boundary (~0.4-0.8 ms on the 1000-tensor tree here).
+IN_JIT_STEPS = 10
+
+
+def in_jit(step, k: int = IN_JIT_STEPS):
+    """jit(run(p, s, g)) running `step(p, s, g) -> (p, s)` k times in one lax.fori_loop, with p
+    and s donated: the optimizer inside the caller's jitted train step, where JAX's call
+    boundary (a few microseconds per array) is the train step's, paid once per call, not per step."""
+    def run(p, s, g):
+        return jax.lax.fori_loop(0, k, lambda _, carry: step(*carry, g), (p, s))
+    return jax.jit(run, donate_argnums=(0, 1))
 
 
 @dataclass
@@ -74,8 +86,9 @@ class Peer:
     """One candidate. Subclasses set `name`, `layout` and implement init/step/close."""
 
     name = "?"
-    layout = "tree"
+    layout = "tree"                 # tree, flat (params kept in one buffer) or jit (tree, in_jit)
     max_repeats: int | None = None  # None: as many as the runner's rounds
+    steps_per_call = 1              # optimizer steps one step() call runs
     note = ""
 
     def __init__(self, wl: Workload, variant: str) -> None:
@@ -193,6 +206,25 @@ class Adamgen(Peer):
             jax.block_until_ready((self.p, self.st))
 
 
+class AdamgenInJit(Adamgen):
+    """adamgen's `apply` traced into the caller's jit (IN_JIT_STEPS steps a call, see in_jit)."""
+
+    steps_per_call = IN_JIT_STEPS
+
+    def __init__(self, wl: Workload, variant: str, target: str) -> None:
+        super().__init__(wl, variant, target, flat=False)
+        self.layout = "jit"
+        self.note = f"{IN_JIT_STEPS} steps in one caller's jit (lax.fori_loop), time / {IN_JIT_STEPS}"
+
+    def init(self) -> None:
+        super().init()
+        opt = self.opt
+        self.fn = in_jit(lambda p, s, g: opt.apply(g, s, p))
+
+    def step(self) -> None:
+        self.p, self.st = jax.block_until_ready(self.fn(self.p, self.st, self.g))
+
+
 # -- optax ------------------------------------------------------------------------------------------
 def optax_transform(variant: str):
     """optax's counterpart of a variant, and a note saying what it is."""
@@ -205,8 +237,8 @@ def optax_transform(variant: str):
     return tx, "chain(clip_by_global_norm, scale_by_amsgrad, add_decayed_weights) + EMA tree_map"
 
 
-def optax_step(tx):
-    """jit(step(params, opt_state, averages or None, grads)) with params, state and averages donated."""
+def optax_update(tx):
+    """step(params, opt_state, averages or None, grads) -> (params, opt_state, averages)."""
     import optax
 
     def step(p, s, avg, g):
@@ -216,7 +248,22 @@ def optax_step(tx):
             avg = jax.tree_util.tree_map(lambda a, x: a * 0.99 + x * 0.01, avg, p)
         return p, s, avg
 
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+    return step
+
+
+def optax_step(tx):
+    """jit(optax_update(tx)) with params, state and averages donated."""
+    return jax.jit(optax_update(tx), donate_argnums=(0, 1, 2))
+
+
+def optax_in_jit(tx, k: int = IN_JIT_STEPS):
+    """in_jit over optax_update: run(p, (opt_state, averages), g) -> (p, (opt_state, averages))."""
+    update = optax_update(tx)
+
+    def step(p, state, g):
+        p, s, avg = update(p, *state, g)
+        return p, (s, avg)
+    return in_jit(step, k)
 
 
 class Optax(Peer):
@@ -236,6 +283,20 @@ class Optax(Peer):
 
     def step(self) -> None:
         self.p, self.s, self.avg = jax.block_until_ready(self.fn(self.p, self.s, self.avg, self.g))
+
+
+class OptaxInJit(Optax):
+    """optax's step inside the caller's jit, as AdamgenInJit runs adamgen's."""
+
+    layout, steps_per_call = "jit", IN_JIT_STEPS
+
+    def init(self) -> None:
+        super().init()
+        self.note += f"; {IN_JIT_STEPS} steps in one caller's jit (lax.fori_loop), time / {IN_JIT_STEPS}"
+        self.fn = optax_in_jit(optax_transform(self.variant)[0])
+
+    def step(self) -> None:
+        self.p, (self.s, self.avg) = jax.block_until_ready(self.fn(self.p, (self.s, self.avg), self.g))
 
 
 # -- keras ------------------------------------------------------------------------------------------
@@ -332,10 +393,11 @@ def make_peers(wl: Workload, variant: str, with_numpy: bool) -> list[Peer]:
     """Every candidate for one workload and variant, the floor first."""
     peers: list[Peer] = [CFloor(wl, variant)]
     peers += [Adamgen(wl, variant, "jax", flat=False), Adamgen(wl, variant, "jax", flat=True),
-              Adamgen(wl, variant, "cpu", flat=False), Adamgen(wl, variant, "cpu", flat=True)]
+              Adamgen(wl, variant, "cpu", flat=False), Adamgen(wl, variant, "cpu", flat=True),
+              AdamgenInJit(wl, variant, "cpu")]
     if with_numpy:
         peers.append(Adamgen(wl, variant, "numpy", flat=False))
-    peers += [Optax(wl, variant), Keras(wl, variant)]
+    peers += [Optax(wl, variant), OptaxInJit(wl, variant), Keras(wl, variant)]
     if torch_available() is None:
         peers += [Torch(wl, variant, "foreach"), Torch(wl, variant, "fused")]
     return peers

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import numpy as np  # noqa: E402
 
-from adam_peers import CFloor, Peer, Workload, make_peers, torch_available  # noqa: E402
+from adam_peers import IN_JIT_STEPS, CFloor, Peer, Workload, make_peers, torch_available  # noqa: E402
 from peak_memory import annotate as measure_peak_memory, mem_available  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -208,13 +208,14 @@ def run_group(group: list[Peer], gi: int, cfg: Config) -> list[Record]:
         try:
             rec.init_s = timed(peer.init)
             rec.first_s = timed(peer.step)
-            warm = timed(peer.step)
+            warm = timed(peer.step) / peer.steps_per_call
         except Exception as exc:  # noqa: BLE001  (a target not built yet, a peer that fails)
             rec.status, rec.reason = "skipped", f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             peer.close()
             log(f"  {peer.name:18s} {peer.layout:4s} SKIPPED  {rec.reason}")
         else:
-            reps = int(np.clip(cfg.peer_budget_s / max(warm, 1e-6), cfg.min_repeats, cfg.rounds))
+            reps = int(np.clip(cfg.peer_budget_s / max(warm * peer.steps_per_call, 1e-6), cfg.min_repeats,
+                               cfg.rounds))
             reps = min(reps, peer.max_repeats or reps)
             live.append((peer, rec, reps))
             log(f"  {peer.name:18s} {peer.layout:4s} init {rec.init_s:7.2f} s  first {rec.first_s:7.2f} s"
@@ -227,7 +228,7 @@ def run_group(group: list[Peer], gi: int, cfg: Config) -> list[Record]:
     for _ in range(cfg.rounds):
         for peer, rec, reps in order.sample(live, len(live)):
             if len(rec.times_s) < reps:
-                rec.times_s.append(timed(peer.step))
+                rec.times_s.append(timed(peer.step) / peer.steps_per_call)
     floor_ms = next((r.median_ms for r in records if r.name == "C floor" and r.times_s), float("nan"))
     for peer, rec, _ in live:
         rec.floor_ms = floor_ms
@@ -306,13 +307,16 @@ def table(wl: Workload, records: list[Record]) -> str:
     return "\n".join(lines) + "\n"
 
 
-LEGEND = """\
+LEGEND = f"""\
 GB/s = bytes the variant must move / median time: plain Adam 28 B/param (read p, g, m, v; write p, m,
 v); full variant 48 B/param (global-norm pass re-reads g: 4; update pass reads p, g, m, v, v_hat, avg
 and writes p, m, v, v_hat, avg: 44). A candidate that moves more than that (XLA's separate passes,
 torch's clip writing g back) shows it as lower GB/s. % of floor = C floor median (same variant, same
 group, timed interleaved) / candidate median. init = build + state creation (+ ravel for flat);
-first step = first apply including jit compile (torch creates its state there). Eager constructor
+first step = first apply including jit compile (torch creates its state there; layout jit: the
+first call, compile included, of the jit that runs {IN_JIT_STEPS} steps). Layout jit = the tree, the step traced
+into the caller's jitted train step (lax.fori_loop of {IN_JIT_STEPS} steps a call, time / {IN_JIT_STEPS}): JAX's call boundary,
+a few microseconds per array, is then the train step's and paid once per call. Eager constructor
 compiles (jnp.zeros per shape) are cached across candidates in one process, so the first jax
 candidate of a workload pays them. Medians of round-robin repeats, shuffled each round; the machine
 is shared and noisy (see the busy-cores line): compare ratios within one run. peak MiB = memory a

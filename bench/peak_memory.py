@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--workload", required=True, choices=["gpt2", "small", "flat"])
     parser.add_argument("--variant", required=True, choices=["plain", "full"])
     parser.add_argument("--candidate", required=True, help="a Peer.name, e.g. 'adamgen jax'")
-    parser.add_argument("--layout", required=True, choices=["tree", "flat"])
+    parser.add_argument("--layout", required=True, choices=["tree", "flat", "jit"])
     parser.add_argument("--scale", type=int, default=1, help="workload shrink factor (16 = --quick)")
     args = parser.parse_args()
     try:

@@ -21,7 +21,8 @@ BENCH = Path(__file__).resolve().parent
 
 
 def _label(rec: dict) -> str:
-    return rec["name"] + (" (flat)" if rec["layout"] == "flat" and rec["name"] != "C floor" else "")
+    suffix = {"flat": " (flat)", "jit": " (in jit)"}.get(rec["layout"], "")
+    return rec["name"] + ("" if rec["name"] == "C floor" else suffix)
 
 
 def _colors(run: dict) -> dict[str, object]:
