@@ -11,10 +11,10 @@ process, interleaved round-robin, medians of the rounds:
 - copy: the bandwidth reference, a device-to-device copy of one buffer as large as the variant's
   traffic (torch's `copy_` on the GPU when torch sees one, else XLA's copy); GB/s counts the bytes
   read plus the bytes written.
-- adamgen per call (`opt.apply` on its own, tree layout), in the caller's jit (K steps unrolled in
-  one jit, time / K), and flat (params kept as one buffer).
-- optax (jit + donation; when installed) and torch.optim.Adam fused and foreach (when torch sees the
-  device), on the same device.
+- adamgen per call (`opt.apply` on its own, tree layout), in the caller's jit (K steps in one
+  jit's lax.fori_loop, time / K), and flat (params kept as one buffer).
+- optax (jit + donation; per call and in the caller's jit as adamgen's; when installed) and
+  torch.optim.Adam fused and foreach (when torch sees the device), on the same device.
 
 GB/s of an optimizer = the bytes its variant must move (28 or 48 B/param, as bench/bench_adam.py)
 over its time; "% of copy" compares that with the copy's GB/s. Before timing, adamgen's first step
@@ -39,7 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamgen  # noqa: E402
-from adam_peers import VARIANTS, optax_step, optax_transform, torch_step  # noqa: E402
+from adam_peers import VARIANTS, in_jit, optax_in_jit, optax_step, optax_transform, torch_step  # noqa: E402
 from bench_adam import BYTES, make_workload  # noqa: E402
 
 Step = Callable[[], None]
@@ -112,19 +112,14 @@ def adamgen_steps(wl, variant: str, target: str, k: int) -> dict[str, Step]:
         jax.block_until_ready(box["p"])
     steps[f"adamgen {target}, per call"] = per_call
 
-    def multi(p, s, g):
-        for _ in range(k):
-            p, s = opt.apply(g, s, p)
-        return p, s
-
-    jitted = jax.jit(multi, donate_argnums=(0, 1))
+    jitted = in_jit(lambda p, s, g: opt.apply(g, s, p), k)
     box2 = {"p": [jnp.array(p) for p in wl.params]}
     box2["s"] = opt.init(box2["p"])
 
-    def in_jit() -> None:
+    def jit_call() -> None:
         box2["p"], box2["s"] = jitted(box2["p"], box2["s"], grads)
         jax.block_until_ready(box2["p"])
-    steps[f"adamgen {target}, in caller's jit (/{k})"] = in_jit
+    steps[f"adamgen {target}, in caller's jit (/{k})"] = jit_call
 
     from adamgen.flat import ravel
     flat_g = ravel(grads)[0]
@@ -138,17 +133,23 @@ def adamgen_steps(wl, variant: str, target: str, k: int) -> dict[str, Step]:
     return steps
 
 
-def optax_candidate(wl, variant: str) -> Step:
+def optax_candidates(wl, variant: str, k: int) -> dict[str, Step]:
+    """optax per call and inside the caller's jit (as adamgen's in-jit candidate, k steps a call)."""
     tx = optax_transform(variant)[0]
-    fn = optax_step(tx)
+    fn, multi = optax_step(tx), optax_in_jit(tx, k)
     grads = [jnp.asarray(g) for g in wl.grads]
-    box = {"p": [jnp.array(p) for p in wl.params]}
-    box["s"] = tx.init(box["p"])
-    box["a"] = [jnp.array(p) for p in wl.params] if variant == "full" else None
 
-    def run() -> None:
+    def fresh() -> dict:
+        p = [jnp.array(x) for x in wl.params]
+        return {"p": p, "s": tx.init(p), "a": [jnp.array(x) for x in wl.params] if variant == "full" else None}
+    box, box2 = fresh(), fresh()
+
+    def per_call() -> None:
         box["p"], box["s"], box["a"] = jax.block_until_ready(fn(box["p"], box["s"], box["a"], grads))
-    return run
+
+    def jit_call() -> None:
+        box2["p"], (box2["s"], box2["a"]) = jax.block_until_ready(multi(box2["p"], (box2["s"], box2["a"]), grads))
+    return {"optax jit+donate": per_call, f"optax, in caller's jit (/{k})": jit_call}
 
 
 def torch_candidate(wl, variant: str, mode: str, dev: str) -> Step:
@@ -209,7 +210,7 @@ def run_workload(key: str, variant: str, target: str, scale: int, rounds: int, k
     steps: dict[str, Step] = {copy_name: copy}
     steps.update(adamgen_steps(wl, variant, target, k))
     if optax_available():
-        steps["optax jit+donate"] = optax_candidate(wl, variant)
+        steps.update(optax_candidates(wl, variant, k))
     dev = torch_device(target)
     if dev is not None:
         steps["torch fused"] = torch_candidate(wl, variant, "fused", dev)
@@ -234,7 +235,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--scale", type=int, default=1, help="divide the workloads' sizes by this (a smoke run)")
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--k", type=int, default=5, help="steps unrolled in the caller's-jit candidate")
+    ap.add_argument("--k", type=int, default=5, help="steps in one call of the caller's-jit candidates")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = ap.parse_args()
     if args.target == "cuda" and not any(d.platform == "gpu" for d in jax.devices()):
