@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 
 from adam_peers import IN_JIT_STEPS, CFloor, Peer, Workload, make_peers, torch_available  # noqa: E402
 from peak_memory import annotate as measure_peak_memory, mem_available  # noqa: E402
+from summary import summary  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 BYTES = {"plain": 28, "full": 48}
@@ -368,6 +369,15 @@ class Report:
         self.json_path.write_text(json.dumps(self.raw, indent=1))
         log(f"wrote {self.out} and {self.json_path}")
 
+    def finish(self) -> None:
+        """The at-a-glance table of the whole run (bench/summary.py), after the workloads' tables."""
+        if not self.raw["workloads"]:
+            return
+        text = "### At a glance\n\n" + summary(self.raw) + "\n"
+        print(text, flush=True)
+        with self.out.open("a") as fh:
+            fh.write(text)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -403,6 +413,7 @@ def main() -> None:
         report.add(wl, records, time.perf_counter() - t0)
         wl.release()
         release_memory()
+    report.finish()
 
 
 if __name__ == "__main__":
