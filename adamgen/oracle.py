@@ -1,8 +1,11 @@
 """The NumPy oracle: one Keras 3 `Adam.apply(grads, vars)` call (JAX backend, eager), redone in NumPy.
 
-Written from shared/docs/keras-adam-semantics.md, independent of JAX and of adamgen's IR. It is
-the truth every compiled target is tested against, and tests/test_oracle_keras.py checks it
-against real Keras bit for bit.
+Written from shared/docs/keras-adam-semantics.md, independent of adamgen's IR. It is the truth
+every compiled target is tested against, and tests/test_oracle_keras.py checks it against real
+Keras bit for bit. Everything is NumPy except the primitives whose rounding is the host's:
+the float32 sums of squares and the pow of the bias corrections (and the schedules' pow, cos
+and log), which `adamgen.xla_cpu` has XLA-CPU compute, one op each as Keras' eager ops do, so
+the oracle is bit-exact with Keras on every host.
 
 Numerics (semantics page §10), the rules that make bit-exactness possible:
   * every op is rounded to the variable dtype (float32, float16 or bfloat16; NumPy/ml_dtypes
@@ -11,7 +14,8 @@ Numerics (semantics page §10), the rules that make bit-exactness possible:
   * `x / s` by a scalar: one-element tensors get a true division; longer ones get x * (1/s),
     the reciprocal rounded to the dtype (float32, float16), or for bfloat16 a float32
     reciprocal and product rounded once (XLA-CPU computes bfloat16 in float32);
-  * sums of squares accumulate in float32 in XLA-CPU's order (`_xla_cpu_sum`) and round once.
+  * sums of squares accumulate in float32 in XLA-CPU's order (`xla_cpu.sum_f32`), round once;
+  * beta ** t is XLA-CPU's pow in the variable dtype (`xla_cpu.power`).
 
 Gradients are cast to their parameter's dtype on entry (Keras casts later, inside
 `update_step`; the two agree when gradients already have the parameter dtype).
@@ -25,9 +29,10 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
+from adamgen import xla_cpu
+
 _F32 = np.dtype(np.float32)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
-_XLA_REDUCE_WINDOW = 32  # XLA-CPU TreeReductionRewriter window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,76 +67,9 @@ def _div_scalar(x: np.ndarray, d: np.ndarray) -> np.ndarray:
         return (x * (np.asarray(1, dt) / d).astype(dt)).astype(dt)
 
 
-def _sequential_sum(x: np.ndarray) -> np.float32:
-    acc = np.float32(0)
-    for v in x.reshape(-1):
-        acc = np.float32(acc + v)
-    return acc
-
-
-def _lane_sum(x: np.ndarray, lanes: int) -> np.float32:
-    """2-D with 2/4/8k rows: `lanes` accumulators, row i into lane i % lanes, then halving."""
-    acc = np.zeros(lanes, _F32)
-    for start in range(0, x.shape[0], lanes):
-        for j in range(x.shape[1]):
-            acc = acc + x[start:start + lanes, j]
-    while acc.size > 1:
-        half = acc.size // 2
-        acc = acc[:half] + acc[half:]
-    return acc[0]
-
-
-def _small_sum(x: np.ndarray) -> np.float32:
-    """Full reduction of a tensor whose dims are all <= 32 (empirical XLA-CPU order)."""
-    rows = x.shape[0] if x.ndim == 2 else 0
-    if rows in (2, 4):
-        return _lane_sum(x, rows)
-    if rows and rows % 8 == 0:
-        return _lane_sum(x, 8)
-    return _sequential_sum(x)
-
-
-def _window_sums(x: np.ndarray) -> np.ndarray:
-    """One TreeReductionRewriter round: reduce_window of min(d, 32) per dim, SAME zero padding."""
-    pads, split, windows = [], [], []
-    for d in x.shape:
-        w = min(d, _XLA_REDUCE_WINDOW)
-        out = -(-d // w)
-        p = out * w - d
-        pads.append((p // 2, p - p // 2))
-        split += [out, w]
-        windows.append(w)
-    nd = x.ndim
-    xp = np.pad(x, pads).reshape(split)
-    xp = xp.transpose([2 * i for i in range(nd)] + [2 * i + 1 for i in range(nd)])
-    out_shape = xp.shape[:nd]
-    xp = xp.reshape(int(np.prod(out_shape)), -1)
-    acc = np.zeros(xp.shape[0], _F32)
-    for j in range(xp.shape[1]):  # each window summed sequentially in row-major order
-        acc = acc + xp[:, j]
-    return acc.reshape(out_shape)
-
-
-def _xla_cpu_sum(x: np.ndarray) -> np.float32:
-    """jnp.sum(x) over all axes on XLA-CPU, for float32 x.
-
-    Bit-exact (tested) for 0-D, 1-D up to ~3000 elements, and 2-D with at most one dim > 32.
-    Larger 1-D tensors (>= 4096) and 2-D tensors with both dims > 32 are reduced by XLA in an
-    order not reproduced here (about 1 ulp off); 3-D+ tensors with small dims are unverified.
-    """
-    x = np.asarray(x, _F32)
-    if x.ndim == 0:
-        return np.float32(x)
-    if all(d <= _XLA_REDUCE_WINDOW for d in x.shape):
-        return _small_sum(x)
-    while any(d > _XLA_REDUCE_WINDOW for d in x.shape):
-        x = _window_sums(x)
-    return _sequential_sum(x)  # the reduce left after the rewrite is sequential
-
-
 def _sum_squares(x: np.ndarray) -> np.ndarray:
     """ops.sum(ops.square(x)): square in x's dtype, accumulate in float32, round once."""
-    return np.asarray(_xla_cpu_sum(np.square(x).astype(_F32))).astype(x.dtype)
+    return np.asarray(xla_cpu.sum_f32(np.square(x).astype(_F32))).astype(x.dtype)
 
 
 def _common_dtype(dtypes: list[np.dtype]) -> np.dtype:
@@ -157,7 +95,7 @@ def _clip_by_global_norm(grads: list[np.ndarray], c: float) -> list[np.ndarray]:
     dt = _common_dtype([g.dtype for g in grads])
     with np.errstate(all="ignore"):
         per_tensor = np.stack([_sum_squares(g).astype(dt) for g in grads])
-        norm = np.sqrt(np.asarray(_xla_cpu_sum(per_tensor.astype(_F32))).astype(dt))
+        norm = np.sqrt(np.asarray(xla_cpu.sum_f32(per_tensor.astype(_F32))).astype(dt))
         inv_norm = (np.asarray(1, dt) / norm).astype(dt)
         scale = (_const(c, dt) * np.minimum(inv_norm, _const(1.0 / c, dt))).astype(dt)
         scale = (scale + (norm - norm)).astype(dt)
@@ -323,8 +261,8 @@ class Oracle:
             one = np.asarray(1, dt)
             t = np.asarray(k_eff + 1).astype(dt)
             with np.errstate(all="ignore"):
-                b1p = np.power(_const(beta_1, dt), t).astype(dt)
-                b2p = np.power(_const(beta_2, dt), t).astype(dt)
+                b1p = np.asarray(xla_cpu.power(_const(beta_1, dt), t))
+                b2p = np.asarray(xla_cpu.power(_const(beta_2, dt), t))
                 alpha = ((lr.astype(dt) * np.sqrt(one - b2p)).astype(dt) / (one - b1p)).astype(dt)
                 m = _moment(s["momentums"][i], g[i], beta_1, b1_tensor)
                 v = _moment(s["velocities"][i], np.square(g[i]), beta_2, b2_tensor)

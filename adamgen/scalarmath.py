@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from adamgen import xla_cpu
 from adamgen.dtypes import numpy_dtype
 
 
@@ -38,7 +39,8 @@ class ScalarMath(Protocol):
 
 
 class NumpyMath:
-    """ScalarMath on 0-d NumPy values, each op rounded to its dtype (float32 for floats)."""
+    """ScalarMath on 0-d NumPy values, each op rounded to its dtype (float32 for floats). pow,
+    cos and log are XLA-CPU's own (adamgen.xla_cpu): their rounding is the host's, as in Keras."""
 
     def const(self, value, dtype: str = "f32"):
         return numpy_dtype(dtype).type(value)
@@ -59,7 +61,7 @@ class NumpyMath:
         return _same(a, b, np.divide)
 
     def pow(self, a, b):
-        return _same(a, b, np.power)
+        return xla_cpu.power(a, b)
 
     def neg(self, a):
         return -a
@@ -71,10 +73,10 @@ class NumpyMath:
         return np.ceil(a)
 
     def cos(self, a):
-        return np.cos(a)
+        return xla_cpu.unary("cos", a)
 
     def log(self, a):
-        return np.log(a)
+        return xla_cpu.unary("log", a)
 
     def sqrt(self, a):
         return np.sqrt(a)
