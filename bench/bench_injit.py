@@ -1,6 +1,7 @@
 """The optimizer step called on its own vs inside the caller's jit, on a 1000-tensor tree.
 
     python bench/bench_injit.py [--tensors 1000] [--params 10000000] [--k 20] [--variant full] [--targets cpu]
+                                [--unrolled]
 
 Called on its own, every apply crosses the JAX call boundary with ~2000 arrays in (params,
 grads, a few slot slabs) and ~1000 out; each output array costs JAX several microseconds on this
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import os
 import sys
 import time
@@ -33,6 +35,13 @@ from adam_peers import (LR, VARIANTS, floor_lib, in_jit, optax_in_jit, optax_ste
                         torch_available, torch_step)
 
 
+def unrolled(opt, k: int, p, s, g):
+    """k steps written out one after the other (the in_jit loop's alternative form)."""
+    for _ in range(k):
+        p, s = opt.apply(g, s, p)
+    return p, s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tensors", type=int, default=1000)
@@ -43,6 +52,8 @@ def main() -> None:
     ap.add_argument("--variant", choices=list(VARIANTS), default="plain",
                     help="plain Adam (28 B/param) or the full variant (48 B/param, two-pass floor)")
     ap.add_argument("--targets", nargs="+", choices=["cpu", "jax"], default=["cpu", "jax"])
+    ap.add_argument("--unrolled", action="store_true",
+                    help="also time adamgen in a jit of the K steps unrolled (no while loop)")
     args = ap.parse_args()
     full = args.variant == "full"
     bytes_per_param = 48 if full else 28
@@ -78,21 +89,22 @@ def main() -> None:
             box["p"], box["s"] = opt.apply(grads, box["s"], box["p"])
             jax.block_until_ready(box["p"])
 
-        jitted = in_jit(lambda p, s, g, opt=opt: opt.apply(g, s, p), args.k)
-        box2 = {"p": [jax.device_put(h.copy()) for h in host]}
-        box2["s"] = opt.init(box2["p"])
-        t0 = time.perf_counter()
-        box2["p"], box2["s"] = jitted(box2["p"], box2["s"], grads)
-        jax.block_until_ready(box2["p"])
-        print(f"adamgen {target}: compile + first call of {args.k} steps in one jit {time.perf_counter() - t0:.1f} s")
-
-        def jit_call(box2=box2, jitted=jitted):
-            box2["p"], box2["s"] = jitted(box2["p"], box2["s"], grads)
-            jax.block_until_ready(box2["p"])
-
         per_call()
         cands[f"adamgen {target}, per call"] = per_call
-        cands[f"adamgen {target}, in caller's jit (/{args.k})"] = jit_call
+        forms = {"": in_jit(lambda p, s, g, opt=opt: opt.apply(g, s, p), args.k)}
+        if args.unrolled:
+            forms[", unrolled"] = jax.jit(functools.partial(unrolled, opt, args.k), donate_argnums=(0, 1))
+        for form, jitted in forms.items():
+            box2 = {"p": [jax.device_put(h.copy()) for h in host]}
+            box2["s"] = opt.init(box2["p"])
+            t0 = time.perf_counter()
+            box2["p"], box2["s"] = jax.block_until_ready(jitted(box2["p"], box2["s"], grads))
+            print(f"adamgen {target}{form}: compile + first call of {args.k} steps in one jit "
+                  f"{time.perf_counter() - t0:.1f} s")
+
+            def jit_call(box2=box2, jitted=jitted):
+                box2["p"], box2["s"] = jax.block_until_ready(jitted(box2["p"], box2["s"], grads))
+            cands[f"adamgen {target}, in caller's jit{form} (/{args.k})"] = jit_call
 
     tx = optax_transform(args.variant)[0]  # the EMA of the full variant is left out here
     obox = {"p": [jax.device_put(h.copy()) for h in host]}
