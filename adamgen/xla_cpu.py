@@ -39,9 +39,13 @@ def sum_f32(x: np.ndarray) -> np.float32:
     return np.float32(np.asarray(jnp.sum(_put(np.asarray(x, np.float32)))))
 
 
-def _scalar(x, dt: np.dtype) -> tuple[str, bytes]:
+def _check(dt: np.dtype) -> None:
     if dt.name not in _DTYPES:
-        raise TypeError(f"XLA-CPU scalar ops take float32, float16 or bfloat16, got {dt}")
+        raise TypeError(f"XLA-CPU float ops take float32, float16 or bfloat16, got {dt}")
+
+
+def _scalar(x, dt: np.dtype) -> tuple[str, bytes]:
+    """A hashable key of a 0-d value: (dtype name, its bytes)."""
     return dt.name, np.asarray(x, dt).tobytes()
 
 
@@ -62,18 +66,29 @@ def _unary(op: str, name: str, a: bytes) -> np.generic:
     return np.asarray(getattr(jnp, op)(_put(_value(name, a)))).astype(_DTYPES[name])[()]
 
 
-def power(a, b) -> np.generic:
-    """ops.power(a, b) of two 0-d values of one float dtype, as XLA-CPU computes it."""
+def _array_op(op: str, *args) -> np.ndarray:
+    import jax.numpy as jnp
+    dt = np.asarray(args[0]).dtype
+    return np.asarray(getattr(jnp, op)(*(_put(np.asarray(a)) for a in args))).astype(dt)
+
+
+def power(a, b):
+    """ops.power(a, b) of two values of one float dtype, as XLA-CPU computes it (0-d: cached)."""
     da, db = np.asarray(a).dtype, np.asarray(b).dtype
     if da != db:
         raise TypeError(f"power on mixed dtypes {da} and {db}; cast explicitly")
-    name, ra = _scalar(a, da)
-    return _power(name, ra, _scalar(b, db)[1])
+    _check(da)
+    if np.ndim(a) or np.ndim(b):
+        return _array_op("power", a, b)
+    return _power(da.name, _scalar(a, da)[1], _scalar(b, db)[1])
 
 
-def unary(op: str, a) -> np.generic:
-    """ops.cos / ops.log of a 0-d float value, as XLA-CPU computes it."""
+def unary(op: str, a):
+    """ops.cos / ops.log of a float value, as XLA-CPU computes it (0-d: cached)."""
     if op not in _UNARY:
         raise ValueError(f"op must be one of {_UNARY}, got {op!r}")
-    name, ra = _scalar(a, np.asarray(a).dtype)
-    return _unary(op, name, ra)
+    dt = np.asarray(a).dtype
+    _check(dt)
+    if np.ndim(a):
+        return _array_op(op, a)
+    return _unary(op, *_scalar(a, dt))

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from adamgen import xla_cpu
 from adamgen.dtypes import numpy_dtype
 from adamgen.ir.node import Function, Module, Node, function_nodes
 from adamgen.ir.ops import Op
@@ -43,13 +44,13 @@ NUMPY_IMPL: dict[Op, Callable] = {
     Op.SQRT: _unary(np.sqrt),
     Op.FLOOR: _unary(np.floor),
     Op.CEIL: _unary(np.ceil),
-    Op.COS: _unary(np.cos),
-    Op.LOG: _unary(np.log),
+    Op.COS: _unary(lambda a: xla_cpu.unary("cos", a)),  # XLA-CPU's own, as Keras (adamgen/xla_cpu.py)
+    Op.LOG: _unary(lambda a: xla_cpu.unary("log", a)),
     Op.ADD: _binary(np.add),
     Op.SUB: _binary(np.subtract),
     Op.MUL: _binary(np.multiply),
     Op.DIV: _binary(np.divide),
-    Op.POW: _binary(np.power),
+    Op.POW: _binary(xla_cpu.power),
     Op.MAX: _binary(np.maximum),
     Op.MIN: _binary(np.minimum),
     Op.MOD: _binary(np.mod),
