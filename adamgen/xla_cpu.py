@@ -44,32 +44,22 @@ def _check(dt: np.dtype) -> None:
         raise TypeError(f"XLA-CPU float ops take float32, float16 or bfloat16, got {dt}")
 
 
-def _scalar(x, dt: np.dtype) -> tuple[str, bytes]:
-    """A hashable key of a 0-d value: (dtype name, its bytes)."""
-    return dt.name, np.asarray(x, dt).tobytes()
+def _raw(x, dt: np.dtype) -> bytes:
+    """A 0-d value as its bytes in dtype dt (hashable: the cache key)."""
+    return np.asarray(x, dt).tobytes()
 
 
-def _value(name: str, raw: bytes) -> np.ndarray:
-    return np.frombuffer(raw, _DTYPES[name]).reshape(())
-
-
-@functools.lru_cache(maxsize=8192)
-def _power(name: str, a: bytes, b: bytes) -> np.generic:
-    import jax.numpy as jnp
-    out = np.asarray(jnp.power(_put(_value(name, a)), _put(_value(name, b))))
-    return out.astype(_DTYPES[name])[()]
-
-
-@functools.lru_cache(maxsize=8192)
-def _unary(op: str, name: str, a: bytes) -> np.generic:
-    import jax.numpy as jnp
-    return np.asarray(getattr(jnp, op)(_put(_value(name, a)))).astype(_DTYPES[name])[()]
-
-
-def _array_op(op: str, *args) -> np.ndarray:
+def _op(op: str, *args) -> np.ndarray:
+    """jnp.<op>(*args) on XLA-CPU, in the first argument's dtype."""
     import jax.numpy as jnp
     dt = np.asarray(args[0]).dtype
     return np.asarray(getattr(jnp, op)(*(_put(np.asarray(a)) for a in args))).astype(dt)
+
+
+@functools.lru_cache(maxsize=8192)
+def _scalar_op(op: str, name: str, *raws: bytes) -> np.generic:
+    """_op of 0-d values given as bytes of dtype `name` (hashable, so the result is cached)."""
+    return _op(op, *(np.frombuffer(raw, _DTYPES[name]).reshape(()) for raw in raws))[()]
 
 
 def power(a, b):
@@ -79,8 +69,8 @@ def power(a, b):
         raise TypeError(f"power on mixed dtypes {da} and {db}; cast explicitly")
     _check(da)
     if np.ndim(a) or np.ndim(b):
-        return _array_op("power", a, b)
-    return _power(da.name, _scalar(a, da)[1], _scalar(b, db)[1])
+        return _op("power", a, b)
+    return _scalar_op("power", da.name, _raw(a, da), _raw(b, db))
 
 
 def unary(op: str, a):
@@ -90,5 +80,5 @@ def unary(op: str, a):
     dt = np.asarray(a).dtype
     _check(dt)
     if np.ndim(a):
-        return _array_op(op, a)
-    return _unary(op, *_scalar(a, dt))
+        return _op(op, a)
+    return _scalar_op(op, dt.name, _raw(a, dt))

@@ -40,6 +40,11 @@ def in_jit(step, k: int = IN_JIT_STEPS):
     return jax.jit(run, donate_argnums=(0, 1))
 
 
+def adamgen_in_jit(opt, k: int = IN_JIT_STEPS):
+    """in_jit over adamgen's apply: run(params, state, grads) -> (params, state)."""
+    return in_jit(lambda p, s, g: opt.apply(g, s, p), k)
+
+
 @dataclass
 class Workload:
     """A tree of fp32 params and grads (NumPy masters, never mutated) plus shared derived grads."""
@@ -218,8 +223,7 @@ class AdamgenInJit(Adamgen):
 
     def init(self) -> None:
         super().init()
-        opt = self.opt
-        self.fn = in_jit(lambda p, s, g: opt.apply(g, s, p))
+        self.fn = adamgen_in_jit(self.opt)
 
     def step(self) -> None:
         self.p, self.st = jax.block_until_ready(self.fn(self.p, self.st, self.g))

@@ -209,18 +209,17 @@ def run_group(group: list[Peer], gi: int, cfg: Config) -> list[Record]:
         try:
             rec.init_s = timed(peer.init)
             rec.first_s = timed(peer.step)
-            warm = timed(peer.step) / peer.steps_per_call
+            warm_call = timed(peer.step)
         except Exception as exc:  # noqa: BLE001  (a target not built yet, a peer that fails)
             rec.status, rec.reason = "skipped", f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             peer.close()
             log(f"  {peer.name:18s} {peer.layout:4s} SKIPPED  {rec.reason}")
         else:
-            reps = int(np.clip(cfg.peer_budget_s / max(warm * peer.steps_per_call, 1e-6), cfg.min_repeats,
-                               cfg.rounds))
+            reps = int(np.clip(cfg.peer_budget_s / max(warm_call, 1e-6), cfg.min_repeats, cfg.rounds))
             reps = min(reps, peer.max_repeats or reps)
             live.append((peer, rec, reps))
             log(f"  {peer.name:18s} {peer.layout:4s} init {rec.init_s:7.2f} s  first {rec.first_s:7.2f} s"
-                f"  warm {warm * 1e3:9.2f} ms  -> {reps} repeats")
+                f"  warm {warm_call / peer.steps_per_call * 1e3:9.2f} ms/step  -> {reps} repeats")
         rec.note = peer.note
         records.append(rec)
     # A fresh order each round: a step right after an OpenMP candidate (the floor, torch) runs

@@ -39,7 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamgen  # noqa: E402
-from adam_peers import VARIANTS, in_jit, optax_in_jit, optax_step, optax_transform, torch_step  # noqa: E402
+from adam_peers import VARIANTS, adamgen_in_jit, optax_in_jit, optax_step, optax_transform, torch_step  # noqa: E402
 from bench_adam import BYTES, make_workload  # noqa: E402
 
 Step = Callable[[], None]
@@ -112,7 +112,7 @@ def adamgen_steps(wl, variant: str, target: str, k: int) -> dict[str, Step]:
         jax.block_until_ready(box["p"])
     steps[f"adamgen {target}, per call"] = per_call
 
-    jitted = in_jit(lambda p, s, g: opt.apply(g, s, p), k)
+    jitted = adamgen_in_jit(opt, k)
     box2 = {"p": [jnp.array(p) for p in wl.params]}
     box2["s"] = opt.init(box2["p"])
 

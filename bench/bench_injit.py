@@ -31,7 +31,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamgen  # noqa: E402
-from adam_peers import (LR, VARIANTS, floor_lib, in_jit, optax_in_jit, optax_step, optax_transform,  # noqa: E402
+from adam_peers import (LR, VARIANTS, adamgen_in_jit, floor_lib, optax_in_jit, optax_step, optax_transform,  # noqa: E402
                         torch_available, torch_step)
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--tensors", type=int, default=1000)
     ap.add_argument("--params", type=int, default=10_000_000)
     ap.add_argument("--k", type=int, default=20,
-                    help="steps unrolled in one jit; the in-jit row still holds 1/K of the call boundary")
+                    help="steps in one call of the in-jit candidates; a step still holds 1/K of the call boundary")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--variant", choices=list(VARIANTS), default="plain",
                     help="plain Adam (28 B/param) or the full variant (48 B/param, two-pass floor)")
@@ -91,7 +91,7 @@ def main() -> None:
 
         per_call()
         cands[f"adamgen {target}, per call"] = per_call
-        forms = {"": in_jit(lambda p, s, g, opt=opt: opt.apply(g, s, p), args.k)}
+        forms = {"": adamgen_in_jit(opt, args.k)}
         if args.unrolled:
             forms[", unrolled"] = jax.jit(functools.partial(unrolled, opt, args.k), donate_argnums=(0, 1))
         for form, jitted in forms.items():
