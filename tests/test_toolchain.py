@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+import subprocess
 
 import pytest
 
@@ -55,6 +56,76 @@ def test_compile_all_builds_each_source_in_order(monkeypatch, tmp_path):
     assert toolchain.compile_all([], "cpu") == []
     with pytest.raises(ValueError, match="platform must be 'cpu' or 'cuda'"):
         toolchain.compile_all(sources, "tpu")
+
+
+FFI_SOURCE = (toolchain.FFI_INCLUDE + "\n"
+              'extern "C" int f32_code() { return static_cast<int>(xla::ffi::DataType::F32) + K; }\n')
+
+
+def _ffi_lib(k: int, cache_dir) -> int:
+    lib = toolchain.compile_host(FFI_SOURCE.replace("+ K", f"+ {k}"), cache_dir=cache_dir)
+    return ctypes.CDLL(str(lib)).f32_code()
+
+
+def _commands(monkeypatch) -> list[list[str]]:
+    seen: list[list[str]] = []
+    real = toolchain._run_compiler
+    monkeypatch.setattr(toolchain, "_run_compiler", lambda cmd, src: (seen.append(cmd), real(cmd, src))[1])
+    return seen
+
+
+def test_ffi_kernels_compile_against_a_precompiled_header_gcc_accepts(tmp_path, monkeypatch):
+    seen = _commands(monkeypatch)
+    f32 = _ffi_lib(0, tmp_path)  # the first build makes the header beside the kernel, and waits for it
+    assert not any("-include" in cmd for cmd in seen)
+    (header_dir,) = tmp_path.glob("pch-*")
+    gch = header_dir / f"{toolchain.PCH_NAME}.gch"
+    assert gch.is_file() and not list(tmp_path.glob(".pch-*")) and not list(tmp_path.glob(".build-*"))
+    seen.clear()
+    assert _ffi_lib(1, tmp_path) == f32 + 1
+    assert [cmd[cmd.index("-include") + 1] for cmd in seen] == [str(header_dir / toolchain.PCH_NAME)]
+    # g++ reads the .gch (-H marks a used one with '!'): it matches the kernels' flags
+    flags = toolchain.pch_flags(toolchain.host_flags())
+    src = tmp_path / "probe.cc"
+    src.write_text(FFI_SOURCE.replace("+ K", ""))
+    proc = subprocess.run([str(toolchain.find_host_compiler().path), *flags, "-H", "-fsyntax-only",
+                           "-include", str(header_dir / toolchain.PCH_NAME), str(src)],
+                          capture_output=True, text=True, check=True)
+    assert f"! {gch}" in proc.stderr
+    seen.clear()
+    toolchain.compile_host(ADD_ONE, cache_dir=tmp_path)  # no FFI include: no header
+    assert seen and not any("-include" in cmd for cmd in seen)
+
+
+def test_a_failing_precompiled_header_warns_and_kernels_still_build(tmp_path, monkeypatch):
+    monkeypatch.setattr(toolchain, "PCH_TEXT", '#include "adamgen_no_such_header.h"\n')
+    with pytest.warns(RuntimeWarning, match="no precompiled XLA FFI header"):
+        code = _ffi_lib(0, tmp_path)
+    with pytest.warns(RuntimeWarning, match="no precompiled XLA FFI header"):  # tried once per cache dir
+        assert _ffi_lib(1, tmp_path / "other") == code + 1
+    assert _ffi_lib(2, tmp_path) == code + 2  # not tried again in this process: no warning
+    assert not list(tmp_path.glob("pch-*")) and not list(tmp_path.glob(".pch-*"))
+
+
+def test_a_corrupt_precompiled_header_never_stops_a_build(tmp_path):
+    base = _ffi_lib(0, tmp_path)
+    (gch,) = tmp_path.glob(f"pch-*/{toolchain.PCH_NAME}.gch")
+    gch.write_bytes(b"not a precompiled header")
+    assert _ffi_lib(2, tmp_path) == base + 2
+    gch.with_suffix("").write_text("#error a broken header\n")  # what g++ falls back to reading
+    with pytest.warns(RuntimeWarning, match="broke a compile that works without it"):
+        assert _ffi_lib(3, tmp_path) == base + 3
+
+
+def test_precompiled_header_key_covers_the_ffi_headers(tmp_path):
+    api = tmp_path / "xla" / "ffi" / "api"
+    api.mkdir(parents=True)
+    (api / "ffi.h").write_text("// one\n")
+    before = toolchain.ffi_headers_digest(str(tmp_path))
+    (api / "ffi.h").write_text("// two\n")
+    toolchain.ffi_headers_digest.cache_clear()  # cached per include dir within a process
+    assert toolchain.ffi_headers_digest(str(tmp_path)) != before
+    assert toolchain.pch_flags(("-O3", "-shared", "-fPIC")) == ("-O3", "-fPIC")
 
 
 def test_compile_error_shows_numbered_source_and_stderr(tmp_path):
