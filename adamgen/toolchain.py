@@ -9,7 +9,7 @@ the same directory and moved into place with ``os.replace``, so a concurrent or 
 never leaves a torn library behind.
 
 Host kernels that include the XLA FFI API compile against a precompiled header of it
-(``<cache_dir>/pch-<sha256>/``, see ``_ffi_pch``): parsing ffi.h is about half of such a compile.
+(``<cache_dir>/pch-<sha256>/``, see ``_ffi_pch``): parsing ffi.h is a third of such a compile.
 """
 from __future__ import annotations
 
@@ -195,8 +195,10 @@ def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
 
 # -- the precompiled XLA FFI header (host) ---------------------------------------------------
 # Every host kernel starts with these includes (templates/host/*.cc.j2 and the shared headers);
-# with the header precompiled, g++ parses none of them again: a kernel compiles in ~1.5 s
-# instead of ~3 s on a 2-core VM. The kernel's own `#include`s then find their guards set.
+# with the header precompiled, g++ parses none of them again: a kernel compiles in 0.66-0.77x
+# the time (~2 s instead of ~3 s on a 2-core VM, bench/bench_compile.py); what is left is
+# mostly instantiating the FFI binding's templates. The kernel's own `#include`s find their
+# guards set.
 FFI_INCLUDE = '#include "xla/ffi/api/ffi.h"'
 PCH_TEXT = "".join(f"#include {h}\n" for h in (
     "<algorithm>", "<atomic>", "<cmath>", "<cstddef>", "<cstdint>", "<cstring>", "<memory>",
@@ -289,10 +291,11 @@ def cuda_flags(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 
 def compile_host(source: str, flags: tuple[str, ...] = (), *,
-                 cache_dir: Path | None = None) -> Path:
+                 cache_dir: Path | None = None, precompiled_header: bool = True) -> Path:
     """Compile C++ ``source`` to a shared library with g++; ``flags`` are appended. A source that
-    includes the XLA FFI API with no extra flags compiles against its precompiled header."""
-    use_pch = not flags and FFI_INCLUDE in source
+    includes the XLA FFI API with no extra flags compiles against its precompiled header (unless
+    precompiled_header is False: same library, for timing the difference)."""
+    use_pch = precompiled_header and not flags and FFI_INCLUDE in source
     return _build(find_host_compiler(), source, ".cc", host_flags(tuple(flags)), ".so", cache_dir, use_pch)
 
 
