@@ -188,8 +188,8 @@ def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
                 _compile_with_pch(with_pch, cmd, source, header)
             os.replace(tmp_out, target)
     finally:
-        if pending is not None:
-            pending.result()  # a first build waits for the header it started: no work left behind
+        if pending is not None:  # a first build waits for the header it started: no work left behind
+            concurrent.futures.wait([pending])  # (its failures only warn: see _build_pch)
     return target
 
 
@@ -295,8 +295,15 @@ def compile_host(source: str, flags: tuple[str, ...] = (), *,
     """Compile C++ ``source`` to a shared library with g++; ``flags`` are appended. A source that
     includes the XLA FFI API with no extra flags compiles against its precompiled header (unless
     precompiled_header is False: same library, for timing the difference)."""
-    use_pch = precompiled_header and not flags and FFI_INCLUDE in source
-    return _build(find_host_compiler(), source, ".cc", host_flags(tuple(flags)), ".so", cache_dir, use_pch)
+    compiler = find_host_compiler()
+    use_pch = precompiled_header and not flags and FFI_INCLUDE in source and is_gcc(compiler)
+    return _build(compiler, source, ".cc", host_flags(tuple(flags)), ".so", cache_dir, use_pch)
+
+
+def is_gcc(compiler: Compiler) -> bool:
+    """GCC's precompiled headers are what _ffi_pch makes (clang's differ): other compilers parse."""
+    version = compiler.version.lower()
+    return ("g++" in version or "gcc" in version) and "clang" not in version
 
 
 def compile_cuda(source: str, flags: tuple[str, ...] = (), *,

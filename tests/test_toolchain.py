@@ -191,3 +191,12 @@ def test_cuda_kernel_compiles_with_no_spills(tmp_path):
     assert lib.exists() and lib.stat().st_size > 0
     assert "nvcc" in toolchain.compiler_version("cuda").lower() or "cuda" in \
         toolchain.compiler_version("cuda").lower()
+
+
+@pytest.mark.parametrize("version, gcc", [
+    ("g++ (Debian 12.2.0-14+deb12u1) 12.2.0", True),
+    ("Debian clang version 14.0.6 | Target: x86_64-pc-linux-gnu", False),
+    ("icpx (Intel(R) oneAPI DPC++/C++ Compiler) 2024.0.0", False),
+])
+def test_only_gcc_gets_the_precompiled_header(version, gcc):
+    assert toolchain.is_gcc(toolchain.Compiler("host", toolchain.Path("/usr/bin/c++"), version)) is gcc
