@@ -4,7 +4,7 @@ Environment is read only here, at the top level of the lookup helpers (``CXX``, 
 ``XDG_CACHE_HOME``, ``ADAMGEN_CACHE_DIR``); everything below takes explicit arguments.
 
 Cache layout: ``<cache_dir>/<sha256>.so`` where the key covers the source text, the full
-command-line flags and the compiler's version string. Outputs are written to a temporary file in
+command-line flags, the compiler's version string and the bytes of the XLA FFI headers. Outputs are written to a temporary file in
 the same directory and moved into place with ``os.replace``, so a concurrent or failed build
 never leaves a torn library behind.
 
@@ -24,6 +24,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,13 +169,15 @@ def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
            out_ext: str, cache_dir: Path | None, use_pch: bool = False) -> Path:
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(source, flags, compiler.version)
+    # The FFI headers' bytes are part of the key: a jaxlib upgraded in place (same include path)
+    # must not reuse libraries built against the old ones.
+    key = cache_key(source, flags, compiler.version + "\0" + ffi_headers_digest(jax.ffi.include_dir()))
     target = cache_dir / f"{key}{out_ext}"
     if target.exists():
         return target
     # The precompiled header changes how fast the source compiles, never what it compiles to, so
     # it is not part of the library's key.
-    header, pending = _ffi_pch(compiler, flags, cache_dir) if use_pch else (None, None)
+    header, pending = _ffi_pch_or_none(compiler, flags, cache_dir) if use_pch else (None, None)
     try:
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
             src = Path(tmp) / f"kernel{suffix}"
@@ -194,19 +197,46 @@ def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
 
 
 # -- the precompiled XLA FFI header (host) ---------------------------------------------------
-# Every host kernel starts with these includes (templates/host/*.cc.j2 and the shared headers);
-# with the header precompiled, g++ parses none of them again: a kernel compiles in 0.66-0.77x
-# the time (~2 s instead of ~3 s on a 2-core VM, bench/bench_compile.py); what is left is
-# mostly instantiating the FFI binding's templates. The kernel's own `#include`s find their
-# guards set.
+# Every host kernel includes ffi.h (templates/host/*.cc.j2); with it precompiled, g++ parses none
+# of it again: a kernel compiles in 0.66-0.77x the time (~2 s instead of ~3 s on a 2-core VM,
+# bench/bench_compile.py); what is left is mostly instantiating the FFI binding's templates.
+# The header holds ffi.h alone, so a source builds with it exactly when it builds without it
+# (ffi.h itself is included either way), and it is used only where nothing but comments and
+# system #includes come before the source's own FFI include (no macro of the source's could
+# have reached ffi.h). The source's `#include` of ffi.h then finds its guard set.
 FFI_INCLUDE = '#include "xla/ffi/api/ffi.h"'
-PCH_TEXT = "".join(f"#include {h}\n" for h in (
-    "<algorithm>", "<atomic>", "<cmath>", "<cstddef>", "<cstdint>", "<cstring>", "<memory>",
-    "<thread>", "<tuple>", "<utility>", "<vector>", '"xla/ffi/api/ffi.h"'))
+PCH_TEXT = FFI_INCLUDE + "\n"
 PCH_NAME = "adamgen_ffi.h"
-_pch_lock = threading.Lock()
-_pch_pending: dict[str, concurrent.futures.Future] = {}
-_pch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adamgen-pch")
+_PCH_PREFIX_LINE = re.compile(r"^\s*(//.*|#include\s*<[^>]*>\s*(//.*)?)?$")
+STALE_PCH_TMP_S = 3600  # a .pch-* build directory this old is a killed build's: removed
+
+
+def pch_applies(source: str) -> bool:
+    """Does ``source`` include ffi.h with only comments and system #includes before it?"""
+    at = source.find(FFI_INCLUDE)
+    return at >= 0 and all(_PCH_PREFIX_LINE.match(line) for line in source[:at].splitlines())
+
+
+class _PchBuilds:
+    """This process' header builds: one worker thread, one build per header directory (a failed
+    one is not retried). Made anew in a forked child, which inherits neither the worker nor any
+    build in flight."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: dict[str, concurrent.futures.Future] = {}
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adamgen-pch")
+
+
+_pch_builds = _PchBuilds()
+
+
+def _reset_pch_builds() -> None:
+    global _pch_builds
+    _pch_builds = _PchBuilds()
+
+
+os.register_at_fork(after_in_child=_reset_pch_builds)
 
 
 @functools.cache
@@ -236,25 +266,42 @@ def _compile_with_pch(with_pch: list[str], without: list[str], source: str, head
                       "without it; delete that directory", RuntimeWarning, stacklevel=3)
 
 
+def _ffi_pch_or_none(compiler: Compiler, flags: tuple[str, ...], cache_dir: Path
+                     ) -> tuple[Path | None, concurrent.futures.Future | None]:
+    """_ffi_pch, or (None, None) where it cannot work (e.g. at interpreter shutdown, when no new
+    thread may start): the kernel then compiles as it always could, without the header."""
+    try:
+        return _ffi_pch(compiler, flags, cache_dir)
+    except (OSError, RuntimeError):
+        return None, None
+
+
 def _ffi_pch(compiler: Compiler, flags: tuple[str, ...], cache_dir: Path
              ) -> tuple[Path | None, concurrent.futures.Future | None]:
     """(header to -include, or None; the build of it this call started or joined, or None).
-    When none is cached yet, the header is built beside the kernel that asked for it (which
-    compiles without it), so no compile ever waits for it."""
+    When none is cached yet, the header is built beside the kernel that asked for it, which
+    compiles without it and then waits for it (a first build takes the longer of the two)."""
     key = cache_key(PCH_TEXT, pch_flags(flags), compiler.version + "\0" + ffi_headers_digest(jax.ffi.include_dir()))
     final = cache_dir / f"pch-{key}"
     if (final / f"{PCH_NAME}.gch").is_file():
         return final / PCH_NAME, None
-    with _pch_lock:  # one build per header and cache dir in a process (a failed one is not retried)
-        pending = _pch_pending.get(str(final))
+    builds = _pch_builds
+    with builds.lock:
+        pending = builds.pending.get(str(final))
         if pending is None:
-            pending = _pch_pending[str(final)] = _pch_pool.submit(_build_pch, compiler, pch_flags(flags), final)
+            pending = builds.pending[str(final)] = builds.pool.submit(_build_pch, compiler, pch_flags(flags), final)
     return None, pending
 
 
 def _build_pch(compiler: Compiler, flags: tuple[str, ...], final: Path) -> None:
     """Make final/{PCH_NAME}.gch: built in a temporary directory, then renamed into place whole.
     A failure only warns: kernels compile without the header, as before."""
+    for stale in final.parent.glob(".pch-*"):
+        try:
+            if time.time() - stale.stat().st_mtime > STALE_PCH_TMP_S:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass  # another process removed or renamed it
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".pch-"))
     try:
         (tmp / PCH_NAME).write_text(PCH_TEXT)
@@ -296,14 +343,15 @@ def compile_host(source: str, flags: tuple[str, ...] = (), *,
     includes the XLA FFI API with no extra flags compiles against its precompiled header (unless
     precompiled_header is False: same library, for timing the difference)."""
     compiler = find_host_compiler()
-    use_pch = precompiled_header and not flags and FFI_INCLUDE in source and is_gcc(compiler)
+    use_pch = precompiled_header and not flags and pch_applies(source) and is_gcc(compiler)
     return _build(compiler, source, ".cc", host_flags(tuple(flags)), ".so", cache_dir, use_pch)
 
 
 def is_gcc(compiler: Compiler) -> bool:
-    """GCC's precompiled headers are what _ffi_pch makes (clang's differ): other compilers parse."""
+    """GCC's precompiled headers are what _ffi_pch makes (clang's differ): other compilers parse.
+    GCC's --version says "This is free software" whatever the driver is called (g++, c++)."""
     version = compiler.version.lower()
-    return ("g++" in version or "gcc" in version) and "clang" not in version
+    return "this is free software" in version and "clang" not in version
 
 
 def compile_cuda(source: str, flags: tuple[str, ...] = (), *,

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
+import os
 import re
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -194,9 +198,60 @@ def test_cuda_kernel_compiles_with_no_spills(tmp_path):
 
 
 @pytest.mark.parametrize("version, gcc", [
-    ("g++ (Debian 12.2.0-14+deb12u1) 12.2.0", True),
-    ("Debian clang version 14.0.6 | Target: x86_64-pc-linux-gnu", False),
+    ("g++ (Debian 12.2.0-14+deb12u1) 12.2.0 | This is free software; see the source for copying "
+     "conditions.  There is NO | warranty; not even for MERCHANTABILITY", True),
+    ("c++ (Debian 12.2.0-14+deb12u1) 12.2.0 | This is free software; see the source | warranty", True),
+    ("Debian clang version 14.0.6 | Thread model: posix | InstalledDir: /usr/bin", False),
     ("icpx (Intel(R) oneAPI DPC++/C++ Compiler) 2024.0.0", False),
 ])
 def test_only_gcc_gets_the_precompiled_header(version, gcc):
     assert toolchain.is_gcc(toolchain.Compiler("host", toolchain.Path("/usr/bin/c++"), version)) is gcc
+
+
+def test_this_g_plus_plus_is_gcc():
+    if "clang" in toolchain.compiler_version("host").lower():
+        pytest.skip("CXX is clang here: no precompiled header (checked by the test above)")
+    assert toolchain.is_gcc(toolchain.find_host_compiler())
+
+
+@pytest.mark.parametrize("prefix, applies", [
+    ("// a comment\n#include <algorithm>\n#include <vector>  // why\n\n", True),
+    ("", True),
+    ("#define NDEBUG\n", False),                 # a macro that would have reached ffi.h
+    ('#include "mine.h"\n', False),              # a local header could define one
+    ("namespace a {}\n", False),
+])
+def test_precompiled_header_only_where_nothing_can_reach_ffi_h_first(prefix, applies):
+    assert toolchain.pch_applies(prefix + toolchain.FFI_INCLUDE + "\nint f();\n") is applies
+    assert not toolchain.pch_applies(ADD_ONE)
+    snapshots = Path(__file__).resolve().parent.parent / "generated" / "adam_full_cpu"
+    for kernel in ("update.f32.cc", "reduce1.f32.cc"):  # what the cpu target compiles gets the header
+        assert toolchain.pch_applies((snapshots / kernel).read_text())
+
+
+def test_a_forked_child_builds_its_own_precompiled_header(tmp_path):
+    _ffi_lib(0, tmp_path / "parent")
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_ffi_lib, args=(1, tmp_path / "child"))
+    child.start()
+    child.join(timeout=180)
+    assert child.exitcode == 0, "the child hung or failed (it inherits no pch worker thread)"
+    assert list((tmp_path / "child").glob(f"pch-*/{toolchain.PCH_NAME}.gch"))
+
+
+def test_no_header_build_possible_still_compiles(tmp_path, monkeypatch):
+    builds = toolchain._PchBuilds()
+    builds.pool.shutdown()  # as at interpreter shutdown: submit raises RuntimeError
+    monkeypatch.setattr(toolchain, "_pch_builds", builds)
+    assert _ffi_lib(4, tmp_path) == _ffi_lib(0, tmp_path / "other") + 4
+    assert not list(tmp_path.glob("pch-*"))
+
+
+def test_killed_header_builds_are_swept(tmp_path):
+    old, new = tmp_path / ".pch-old", tmp_path / ".pch-new"
+    old.mkdir(parents=True)
+    new.mkdir()
+    stamp = time.time() - toolchain.STALE_PCH_TMP_S - 60
+    os.utime(old, (stamp, stamp))
+    _ffi_lib(5, tmp_path)
+    assert not old.exists() and new.exists()
