@@ -198,7 +198,7 @@ def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
 
 # -- the precompiled XLA FFI header (host) ---------------------------------------------------
 # Every host kernel includes ffi.h (templates/host/*.cc.j2); with it precompiled, g++ parses none
-# of it again: a kernel compiles in 0.66-0.77x the time (~2 s instead of ~3 s on a 2-core VM,
+# of it again: a kernel compiles in 0.66-0.78x the time (~2 s instead of ~3 s on a 2-core VM,
 # bench/bench_compile.py); what is left is mostly instantiating the FFI binding's templates.
 # The header holds ffi.h alone, so a source builds with it exactly when it builds without it
 # (ffi.h itself is included either way), and it is used only where nothing but comments and
