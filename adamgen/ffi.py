@@ -46,11 +46,11 @@ TEMPLATES = {"cpu": "host/handler.cc.j2", "cuda": "cuda/handler.cu.j2"}
 REDUCE_TEMPLATES = {"cpu": "host/reduce.cc.j2", "cuda": "cuda/reduce.cu.j2"}
 JAX_PLATFORM = {"cpu": "cpu", "cuda": "CUDA"}
 
-# IR dtype name -> (C storage type, XLA FFI DataType, NumPy dtype).
+# IR dtype name -> (C storage type, XLA FFI data type (c_api.h), NumPy dtype).
 STORAGE = {
-    "f32": ("float", "xla::ffi::F32", np.dtype(np.float32)),
-    "bf16": ("adamgen_bf16", "xla::ffi::BF16", np.dtype(jnp.bfloat16)),
-    "f16": ("adamgen_f16", "xla::ffi::F16", np.dtype(np.float16)),
+    "f32": ("float", "XLA_FFI_DataType_F32", np.dtype(np.float32)),
+    "bf16": ("adamgen_bf16", "XLA_FFI_DataType_BF16", np.dtype(jnp.bfloat16)),
+    "f16": ("adamgen_f16", "XLA_FFI_DataType_F16", np.dtype(np.float16)),
 }
 COMPUTE_CTYPES = ("float",)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -78,7 +78,7 @@ class KernelContext:
     symbol: str                        # C identifier of the exported FFI handler
     roles: tuple[str, ...]             # role names, in role order
     role_ctypes: tuple[str, ...]       # storage C type per role
-    role_dtypes: tuple[str, ...]       # xla::ffi::DataType per role
+    role_dtypes: tuple[str, ...]       # XLA_FFI_DataType per role
     role_arg: tuple[int, ...]          # per role: index among per-tensor (or packed) inputs, -1 if not read
     role_ret: tuple[int, ...]          # per role: index among per-tensor (or packed) outputs, -1 if not written
     n_in: int                          # per-tensor read roles

@@ -8,8 +8,9 @@ command-line flags, the compiler's version string and the bytes of the XLA FFI h
 the same directory and moved into place with ``os.replace``, so a concurrent or failed build
 never leaves a torn library behind.
 
-Host kernels that include the XLA FFI API compile against a precompiled header of it
-(``<cache_dir>/pch-<sha256>/``, see ``_ffi_pch``): parsing ffi.h is a third of such a compile.
+A host kernel whose source says ``// adamgen: link host_ffi_binding`` is linked with the XLA FFI
+binding (templates/host/ffi_binding.cc), compiled once into ``<cache_dir>/<sha256>.o``: ffi.h's
+templates were ~90% of a kernel's compile, and they are the same for every kernel.
 """
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ import sys
 import sysconfig
 import tempfile
 import threading
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +33,12 @@ import jax.ffi
 # Host: -ffp-contract=off keeps a*b+c as two rounded ops (bit-exact against the NumPy oracle; an
 # explicit fmaf() in the body still gives a fused op). -fno-math-errno lets sqrtf vectorize
 # without changing any value. No -ffast-math: it would reassociate.
+# -Wl,-Bsymbolic: a library's calls to its own functions bind inside it. Every host kernel
+# defines the same names (adamgen_kernel::execute, the binding's handler), so with one library
+# loaded RTLD_GLOBAL another's handler would otherwise run the first one's kernel.
 HOST_FLAGS: tuple[str, ...] = (
     "-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17",
-    "-ffp-contract=off", "-fno-math-errno",
+    "-ffp-contract=off", "-fno-math-errno", "-Wl,-Bsymbolic",
 )
 # CUDA: SASS for sm_80 and sm_90, PTX for compute_90 (JIT forward compatibility).
 # --fmad=false for the same reason as -ffp-contract=off on the host.
@@ -166,158 +168,62 @@ def cache_key(source: str, flags: tuple[str, ...], version: str) -> str:
 
 
 def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
-           out_ext: str, cache_dir: Path | None, use_pch: bool = False) -> Path:
+           out_ext: str, cache_dir: Path | None, objects: tuple[Path, ...] = ()) -> Path:
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     # The FFI headers' bytes are part of the key: a jaxlib upgraded in place (same include path)
-    # must not reuse libraries built against the old ones.
-    key = cache_key(source, flags, compiler.version + "\0" + ffi_headers_digest(jax.ffi.include_dir()))
+    # must not reuse libraries built against the old ones. Linked objects are named by their own
+    # keys, so their names stand for their contents.
+    version = "\0".join((compiler.version, ffi_headers_digest(jax.ffi.include_dir()), *(o.name for o in objects)))
+    key = cache_key(source, flags, version)
     target = cache_dir / f"{key}{out_ext}"
     if target.exists():
         return target
-    # The precompiled header changes how fast the source compiles, never what it compiles to, so
-    # it is not part of the library's key.
-    header, pending = _ffi_pch_or_none(compiler, flags, cache_dir) if use_pch else (None, None)
-    try:
-        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
-            src = Path(tmp) / f"kernel{suffix}"
-            src.write_text(source)
-            tmp_out = Path(tmp) / f"out{out_ext}"
-            cmd = [str(compiler.path), *flags, str(src), "-o", str(tmp_out)]
-            if header is None:
-                _run_compiler(cmd, source)
-            else:
-                with_pch = [str(compiler.path), *flags, "-include", str(header), str(src), "-o", str(tmp_out)]
-                _compile_with_pch(with_pch, cmd, source, header)
-            os.replace(tmp_out, target)
-    finally:
-        if pending is not None:  # a first build waits for the header it started: no work left behind
-            concurrent.futures.wait([pending])  # (its failures only warn: see _build_pch)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
+        src = Path(tmp) / f"kernel{suffix}"
+        src.write_text(source)
+        tmp_out = Path(tmp) / f"out{out_ext}"
+        _run_compiler([str(compiler.path), *flags, str(src), *map(str, objects), "-o", str(tmp_out)], source)
+        os.replace(tmp_out, target)
     return target
 
 
-# -- the precompiled XLA FFI header (host) ---------------------------------------------------
-# Every host kernel includes ffi.h (templates/host/*.cc.j2); with it precompiled, g++ parses none
-# of it again: a kernel compiles in 0.66-0.78x the time (~2 s instead of ~3 s on a 2-core VM,
-# bench/bench_compile.py); what is left is mostly instantiating the FFI binding's templates.
-# The header holds ffi.h alone, so a source builds with it exactly when it builds without it
-# (ffi.h itself is included either way), and it is used only where nothing but comments and
-# system #includes come before the source's own FFI include (no macro of the source's could
-# have reached ffi.h). The source's `#include` of ffi.h then finds its guard set.
-FFI_INCLUDE = '#include "xla/ffi/api/ffi.h"'
-PCH_TEXT = FFI_INCLUDE + "\n"
-PCH_NAME = "adamgen_ffi.h"
-_PCH_PREFIX_LINE = re.compile(r"^\s*(//.*|#include\s*<[^>]*>\s*(//.*)?)?$")
-STALE_PCH_TMP_S = 3600  # a .pch-* build directory this old is a killed build's: removed
-
-
-def pch_applies(source: str) -> bool:
-    """Does ``source`` include ffi.h with only comments and system #includes before it?"""
-    at = source.find(FFI_INCLUDE)
-    return at >= 0 and all(_PCH_PREFIX_LINE.match(line) for line in source[:at].splitlines())
-
-
-class _PchBuilds:
-    """This process' header builds: one worker thread, one build per header directory (a failed
-    one is not retried). Made anew in a forked child, which inherits neither the worker nor any
-    build in flight."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.pending: dict[str, concurrent.futures.Future] = {}
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adamgen-pch")
-
-
-_pch_builds = _PchBuilds()
-
-
-def _reset_pch_builds() -> None:
-    global _pch_builds
-    _pch_builds = _PchBuilds()
-
-
-os.register_at_fork(after_in_child=_reset_pch_builds)
+# -- the host FFI binding ---------------------------------------------------------------------
+# A host kernel's source holds its element loop and the plain-data call frame (common/frame.h);
+# the binding that decodes XLA's call into that frame is the same for every kernel, and
+# compiling ffi.h's templates was ~90% of each kernel's g++ time. So it is compiled once per
+# compiler, flags and FFI headers (an object in the cache) and linked into each library.
+LINK_HOST_FFI_BINDING = "// adamgen: link host_ffi_binding"
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+HOST_FFI_BINDING_PARTS = ("common/frame.h", "common/ffi_frame.h", "host/ffi_binding.cc")
+_binding_lock = threading.Lock()
 
 
 @functools.cache
 def ffi_headers_digest(include_dir: Path | str) -> str:
-    """sha256 over the XLA FFI API headers' names and bytes: g++ does not check that the headers
-    a precompiled header was made from are unchanged, so the header's key must."""
+    """sha256 over the XLA FFI API headers' names and bytes (the include path alone does not
+    change when jaxlib is upgraded in place)."""
     h = hashlib.sha256()
     for path in sorted((Path(include_dir) / "xla" / "ffi" / "api").glob("*.h")):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
-def pch_flags(flags: tuple[str, ...]) -> tuple[str, ...]:
-    """The kernel's flags minus linking: g++ uses a precompiled header only where the flags that
-    shape code (-O, -march, -std, -f...) are the ones it was made with."""
-    return tuple(f for f in flags if f != "-shared")
+def host_ffi_binding_source() -> str:
+    """The binding's C++: the frame, its FFI conversions, the handler (the parts in that order)."""
+    return "".join((TEMPLATE_DIR / part).read_text() for part in HOST_FFI_BINDING_PARTS)
 
 
-def _compile_with_pch(with_pch: list[str], without: list[str], source: str, header: Path) -> None:
-    """Run with_pch; should it fail, without (g++ already passes over a .gch it cannot use; this
-    also covers one that breaks it), so a bad header in the cache never stops a build."""
-    try:
-        _run_compiler(with_pch, source)
-    except ToolchainError:
-        _run_compiler(without, source)  # a real error in the source fails here too, and is raised
-        warnings.warn(f"adamgen: the precompiled header {header}.gch broke a compile that works "
-                      "without it; delete that directory", RuntimeWarning, stacklevel=3)
+def object_flags(flags: tuple[str, ...]) -> tuple[str, ...]:
+    """A library's flags for one of its objects: compile only (-c), none of the link flags."""
+    return (*(f for f in flags if f != "-shared" and not f.startswith("-Wl,")), "-c")
 
 
-def _ffi_pch_or_none(compiler: Compiler, flags: tuple[str, ...], cache_dir: Path
-                     ) -> tuple[Path | None, concurrent.futures.Future | None]:
-    """_ffi_pch, or (None, None) where it cannot work (e.g. at interpreter shutdown, when no new
-    thread may start): the kernel then compiles as it always could, without the header."""
-    try:
-        return _ffi_pch(compiler, flags, cache_dir)
-    except (OSError, RuntimeError):
-        return None, None
-
-
-def _ffi_pch(compiler: Compiler, flags: tuple[str, ...], cache_dir: Path
-             ) -> tuple[Path | None, concurrent.futures.Future | None]:
-    """(header to -include, or None; the build of it this call started or joined, or None).
-    When none is cached yet, the header is built beside the kernel that asked for it, which
-    compiles without it and then waits for it (a first build takes the longer of the two)."""
-    key = cache_key(PCH_TEXT, pch_flags(flags), compiler.version + "\0" + ffi_headers_digest(jax.ffi.include_dir()))
-    final = cache_dir / f"pch-{key}"
-    if (final / f"{PCH_NAME}.gch").is_file():
-        return final / PCH_NAME, None
-    builds = _pch_builds
-    with builds.lock:
-        pending = builds.pending.get(str(final))
-        if pending is None:
-            pending = builds.pending[str(final)] = builds.pool.submit(_build_pch, compiler, pch_flags(flags), final)
-    return None, pending
-
-
-def _build_pch(compiler: Compiler, flags: tuple[str, ...], final: Path) -> None:
-    """Make final/{PCH_NAME}.gch: built in a temporary directory, then renamed into place whole.
-    A failure only warns: kernels compile without the header, as before."""
-    for stale in final.parent.glob(".pch-*"):
-        try:
-            if time.time() - stale.stat().st_mtime > STALE_PCH_TMP_S:
-                shutil.rmtree(stale, ignore_errors=True)
-        except OSError:
-            pass  # another process removed or renamed it
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".pch-"))
-    try:
-        (tmp / PCH_NAME).write_text(PCH_TEXT)
-        _run_compiler([str(compiler.path), *flags, "-x", "c++-header", str(tmp / PCH_NAME),
-                       "-o", str(tmp / f"{PCH_NAME}.gch")], PCH_TEXT)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / f"{PCH_NAME}.gch").is_file():  # not another process' finished one
-                raise
-    except (OSError, ToolchainError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        warnings.warn(f"adamgen: no precompiled XLA FFI header ({first}); host kernels compile without it",
-                      RuntimeWarning, stacklevel=2)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def host_ffi_binding(compiler: Compiler, flags: tuple[str, ...], cache_dir: Path | None) -> Path:
+    """The binding's object for these flags, built on first use (one build at a time: the kernels
+    of one compile_all wait for the same object rather than each compiling it)."""
+    with _binding_lock:
+        return _build(compiler, host_ffi_binding_source(), ".cc", object_flags(flags), ".o", cache_dir)
 
 
 def _run_compiler(cmd: list[str], source: str) -> str:
@@ -338,20 +244,13 @@ def cuda_flags(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 
 def compile_host(source: str, flags: tuple[str, ...] = (), *,
-                 cache_dir: Path | None = None, precompiled_header: bool = True) -> Path:
+                 cache_dir: Path | None = None) -> Path:
     """Compile C++ ``source`` to a shared library with g++; ``flags`` are appended. A source that
-    includes the XLA FFI API with no extra flags compiles against its precompiled header (unless
-    precompiled_header is False: same library, for timing the difference)."""
+    says LINK_HOST_FFI_BINDING is linked with the (cached) host FFI binding."""
     compiler = find_host_compiler()
-    use_pch = precompiled_header and not flags and pch_applies(source) and is_gcc(compiler)
-    return _build(compiler, source, ".cc", host_flags(tuple(flags)), ".so", cache_dir, use_pch)
-
-
-def is_gcc(compiler: Compiler) -> bool:
-    """GCC's precompiled headers are what _ffi_pch makes (clang's differ): other compilers parse.
-    GCC's --version says "This is free software" whatever the driver is called (g++, c++)."""
-    version = compiler.version.lower()
-    return "this is free software" in version and "clang" not in version
+    all_flags = host_flags(tuple(flags))
+    objects = (host_ffi_binding(compiler, all_flags, cache_dir),) if LINK_HOST_FFI_BINDING in source else ()
+    return _build(compiler, source, ".cc", all_flags, ".so", cache_dir, objects)
 
 
 def compile_cuda(source: str, flags: tuple[str, ...] = (), *,

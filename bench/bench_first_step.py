@@ -7,11 +7,11 @@ For plain Adam and the full variant (global clipnorm + weight decay + AMSGrad + 
    compile a user runs once), timed as a whole;
 2. a fresh process that imports adamgen, `adamgen.load(DIR)`, inits the state of the tree and runs
    the first step (XLA compiles the step's jit then) and a second one; each phase timed inside it.
-3. the build again with only the precompiled XLA FFI header left in the cache (what every build
-   after a machine's first one pays: the kernels compile, the header does not);
-4. a fresh process that builds in process (`adamgen.build`, the header cached, no kernel
+3. the build again with only the host FFI binding's object left in the cache (what every build
+   after a machine's first one pays: the kernels compile, the binding does not);
+4. a fresh process that builds in process (`adamgen.build`, the binding cached, no kernel
    cached), inits and runs the first step: build + load + first step with nothing prepared but
-   the header.
+   the binding.
 The issue's budget, build + load + first step under 2 s (optax/keras need ~100 s), is read both
 ways: load + init + first step of a built artifact, and 4. (both exclude importing jax).
 """
@@ -81,7 +81,7 @@ def main() -> None:
                        cwd=ROOT, stdout=subprocess.DEVNULL)
         return time.perf_counter() - t
 
-    def drop_kernels(cache: Path) -> None:  # keep the precompiled header only
+    def drop_kernels(cache: Path) -> None:  # keep the FFI binding's object only
         for lib in cache.glob("*.so"):
             lib.unlink()
 
@@ -101,8 +101,8 @@ def main() -> None:
         rows.append((variant, cold_s, warm_s, med, totals[len(totals) // 2]))
     print(f"\n{args.tensors} tensors, {args.params:,} params, target {args.target}; "
           f"medians of {args.repeats} fresh processes\n")
-    print("| variant | build (cold cache) s | build (header cached) s | import s | load s | init s | first step s "
-          "| load + init + first step s | build + init + first step in process (header cached) s | second step ms |")
+    print("| variant | build (cold cache) s | build (binding cached) s | import s | load s | init s | first step s "
+          "| load + init + first step s | build + init + first step in process (binding cached) s | second step ms |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for variant, cold_s, warm_s, m, in_process_s in rows:
         total = m["load_s"] + m["init_s"] + m["first_step_s"]

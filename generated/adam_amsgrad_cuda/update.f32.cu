@@ -12,6 +12,105 @@
 
 #include "xla/ffi/api/ffi.h"
 
+// The XLA FFI call as plain data. The host binding (host/ffi_binding.cc: compiled once per
+// compiler, flags and FFI headers, and linked into every host kernel) and the CUDA handlers fill
+// it from the FFI's typed buffers; the kernels' collect() reads it. A host kernel's own source
+// therefore needs only the FFI's C header: ffi.h's templates were most of its compile time.
+#ifndef ADAMGEN_FRAME_H_
+#define ADAMGEN_FRAME_H_
+#include <cstddef>
+#include <cstdint>
+
+#include "xla/ffi/api/c_api.h"
+
+namespace adamgen_frame {
+
+struct Buffer {
+  void* data;
+  std::int32_t dtype;  // an XLA_FFI_DataType value
+  std::int64_t count;  // elements
+};
+
+struct Frame {
+  Buffer scalars;
+  Buffer pertensor;
+  const Buffer* args;  // the remaining arguments: per-tensor inputs, then packed inputs
+  std::size_t n_args;
+  const Buffer* rets;  // every result
+  std::size_t n_rets;
+  // host: XLA's intra-op thread pool, its size, and how to hand it a task (null on CUDA)
+  void* pool;
+  std::int64_t pool_threads;
+  void (*schedule)(void* pool, void (*task)(void*), void* arg);
+};
+
+// code: an XLA_FFI_Error_Code (0: success); message: a string literal (static storage)
+struct Status {
+  std::int32_t code;
+  const char* message;
+};
+
+inline Status ok() { return {XLA_FFI_Error_Code_OK, nullptr}; }
+inline Status invalid(const char* message) { return {XLA_FFI_Error_Code_INVALID_ARGUMENT, message}; }
+
+}  // namespace adamgen_frame
+
+// Host kernels: each library holds one kernel (its source defines adamgen_kernel_execute) and
+// the binding (which defines adamgen_host_ffi_handler); both stay inside the library.
+extern "C" __attribute__((visibility("hidden"))) adamgen_frame::Status adamgen_kernel_execute(
+    const adamgen_frame::Frame* frame);
+extern "C" __attribute__((visibility("hidden"))) XLA_FFI_Error* adamgen_host_ffi_handler(XLA_FFI_CallFrame* call);
+
+#endif  // ADAMGEN_FRAME_H_
+// Fill an adamgen_frame::Frame from the FFI's typed arguments, and turn a Status back into an
+// xla::ffi::Error (the host binding and the CUDA handlers, which include ffi.h).
+#ifndef ADAMGEN_FFI_FRAME_H_
+#define ADAMGEN_FFI_FRAME_H_
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace adamgen_frame {
+
+struct FrameStorage {
+  std::vector<Buffer> args;
+  std::vector<Buffer> rets;
+  Frame frame{};
+};
+
+inline Buffer to_buffer(const xla::ffi::AnyBuffer& b) {
+  return {b.untyped_data(), static_cast<std::int32_t>(b.element_type()),
+          static_cast<std::int64_t>(b.element_count())};
+}
+
+inline xla::ffi::Error to_frame(const xla::ffi::AnyBuffer& scalars, const xla::ffi::AnyBuffer& pertensor,
+                                const xla::ffi::RemainingArgs& args, const xla::ffi::RemainingRets& rets,
+                                FrameStorage& out) {
+  out.args.resize(args.size());
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    auto b = args.get<xla::ffi::AnyBuffer>(i);
+    if (b.has_error()) return b.error();
+    out.args[i] = to_buffer(*b);
+  }
+  out.rets.resize(rets.size());
+  for (std::size_t i = 0; i < rets.size(); ++i) {
+    auto b = rets.get<xla::ffi::AnyBuffer>(i);
+    if (b.has_error()) return b.error();
+    out.rets[i] = to_buffer(**b);
+  }
+  out.frame = Frame{to_buffer(scalars), to_buffer(pertensor), out.args.data(), out.args.size(),
+                    out.rets.data(), out.rets.size(), nullptr, 0, nullptr};
+  return xla::ffi::Error::Success();
+}
+
+inline xla::ffi::Error to_error(const Status& status) {
+  if (status.code == XLA_FFI_Error_Code_OK) return xla::ffi::Error::Success();
+  return xla::ffi::Error(static_cast<xla::ffi::ErrorCode>(status.code), status.message);
+}
+
+}  // namespace adamgen_frame
+
+#endif  // ADAMGEN_FFI_FRAME_H_
 // ADAMGEN-ELEMENT-BEGIN (adamgen_update_f32)
 // Shared by the host and CUDA flavours. nvcc sees __host__ __device__; the host flavour defines
 // ADAMGEN_HD first. Compute type: float; storage types convert through
@@ -194,38 +293,34 @@ ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* _
 
 }  // namespace adamgen_kernel
 // ADAMGEN-ELEMENT-END
-// Collect the role pointers of every tensor from the FFI call frame.
+// Collect the role pointers of every tensor from the FFI call (as an adamgen_frame::Frame).
 // Layout (role-major): args = [scalars, pertensor f32[T * kPerTensor], in_0[0..T), in_1[0..T), ...,
 //                              packed_in_0, ...],
 //                      rets = [out_0[0..T), out_1[0..T), ..., packed_out_0, ...].
 // A role both read and written must arrive aliased (same buffer in and out).
 namespace adamgen_kernel {
 
-constexpr xla::ffi::DataType kRoleDtype[kRoles] = { xla::ffi::F32, xla::ffi::F32, xla::ffi::F32, xla::ffi::F32, xla::ffi::F32 };
+constexpr std::int32_t kRoleDtype[kRoles] = { XLA_FFI_DataType_F32, XLA_FFI_DataType_F32, XLA_FFI_DataType_F32, XLA_FFI_DataType_F32, XLA_FFI_DataType_F32 };
 
 struct TensorTable {
   std::vector<void*> ptr;           // [T * kRoles]
   std::vector<std::int64_t> size;   // [T]
 };
 
-inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
-                               const xla::ffi::AnyBuffer& pertensor,
-                               const xla::ffi::RemainingArgs& args,
-                               const xla::ffi::RemainingRets& rets, TensorTable& table) {
-  using xla::ffi::Error;
-  using xla::ffi::ErrorCode;
-  if (scalars.element_type() != xla::ffi::F32 || scalars.element_count() < kScalars)
-    return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: scalars must be f32[1]");
-  if (args.size() < static_cast<std::size_t>(kNumInPacked) || (args.size() - kNumInPacked) % kNumIn != 0)
-    return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: tensor inputs not a multiple of 2");
-  const std::size_t T = (args.size() - kNumInPacked) / kNumIn;
+inline adamgen_frame::Status collect(const adamgen_frame::Frame& f, TensorTable& table) {
+  using adamgen_frame::invalid;
+  if (f.scalars.dtype != XLA_FFI_DataType_F32 || f.scalars.count < kScalars)
+    return invalid("adamgen_update_f32: scalars must be f32[1]");
+  if (f.n_args < static_cast<std::size_t>(kNumInPacked) || (f.n_args - kNumInPacked) % kNumIn != 0)
+    return invalid("adamgen_update_f32: tensor inputs not a multiple of 2");
+  const std::size_t T = (f.n_args - kNumInPacked) / kNumIn;
   // an update returns its written roles; a reduction returns f32[T * kReduce] sums and the
   // f32[n_chunks * kReduce] partial sums they are added from
-  if (rets.size() != T * kNumOut + kNumOutPacked + (kReduce > 0 ? 2 : 0))
-    return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: expected 1 outputs per tensor");
-  if (pertensor.element_type() != xla::ffi::F32 ||
-      pertensor.element_count() < T * static_cast<std::size_t>(kPerTensor))
-    return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: pertensor must be f32[T * 0]");
+  if (f.n_rets != T * kNumOut + kNumOutPacked + (kReduce > 0 ? 2 : 0))
+    return invalid("adamgen_update_f32: expected 1 outputs per tensor");
+  if (f.pertensor.dtype != XLA_FFI_DataType_F32 ||
+      f.pertensor.count < static_cast<std::int64_t>(T) * kPerTensor)
+    return invalid("adamgen_update_f32: pertensor must be f32[T * 0]");
   table.ptr.assign(T * kRoles, nullptr);
   table.size.assign(T, -1);
   // Per-tensor roles first: they give every tensor's size.
@@ -236,25 +331,21 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
       void* out = nullptr;
       std::int64_t n = -1;
       if (kRoleArg[r] >= 0) {
-        auto b = args.get<xla::ffi::AnyBuffer>(kRoleArg[r] * T + t);
-        if (b.has_error()) return b.error();
-        if (b->element_type() != kRoleDtype[r])
-          return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: wrong input dtype");
-        in = b->untyped_data();
-        n = static_cast<std::int64_t>(b->element_count());
+        const adamgen_frame::Buffer& b = f.args[kRoleArg[r] * T + t];
+        if (b.dtype != kRoleDtype[r]) return invalid("adamgen_update_f32: wrong input dtype");
+        in = b.data;
+        n = b.count;
       }
       if (kRoleRet[r] >= 0) {
-        auto b = rets.get<xla::ffi::AnyBuffer>(kRoleRet[r] * T + t);
-        if (b.has_error()) return b.error();
-        if ((*b)->element_type() != kRoleDtype[r])
-          return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: wrong output dtype");
-        out = (*b)->untyped_data();
-        n = static_cast<std::int64_t>((*b)->element_count());
+        const adamgen_frame::Buffer& b = f.rets[kRoleRet[r] * T + t];
+        if (b.dtype != kRoleDtype[r]) return invalid("adamgen_update_f32: wrong output dtype");
+        out = b.data;
+        n = b.count;
       }
       if (in != nullptr && out != nullptr && in != out)
-        return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: read-write role is not aliased");
+        return invalid("adamgen_update_f32: read-write role is not aliased");
       if (table.size[t] >= 0 && table.size[t] != n)
-        return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: role sizes differ within a tensor");
+        return invalid("adamgen_update_f32: role sizes differ within a tensor");
       table.size[t] = n;
       table.ptr[t * kRoles + r] = out != nullptr ? out : in;
     }
@@ -263,42 +354,31 @@ inline xla::ffi::Error collect(const xla::ffi::AnyBuffer& scalars,
   // size rounded up to kSlabAlignBytes (adamgen.state.PackedLayout lays slabs out the same way).
   for (int r = 0; r < kRoles; ++r) {
     if (!kRolePacked[r]) continue;
-    auto b = args.get<xla::ffi::AnyBuffer>(kNumIn * T + kRoleArg[r]);
-    if (b.has_error()) return b.error();
-    if (b->element_type() != kRoleDtype[r])
-      return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: wrong packed input dtype");
-    char* base = static_cast<char*>(b->untyped_data());
-    const std::int64_t capacity = static_cast<std::int64_t>(b->element_count());
-    if (kRoleRet[r] >= 0) {
-      auto o = rets.get<xla::ffi::AnyBuffer>(kNumOut * T + kRoleRet[r]);
-      if (o.has_error()) return o.error();
-      if ((*o)->untyped_data() != base)
-        return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: read-write packed role is not aliased");
-    }
+    const adamgen_frame::Buffer& b = f.args[kNumIn * T + kRoleArg[r]];
+    if (b.dtype != kRoleDtype[r]) return invalid("adamgen_update_f32: wrong packed input dtype");
+    char* base = static_cast<char*>(b.data);
+    if (kRoleRet[r] >= 0 && f.rets[kNumOut * T + kRoleRet[r]].data != b.data)
+      return invalid("adamgen_update_f32: read-write packed role is not aliased");
     const std::int64_t align = static_cast<std::int64_t>(kSlabAlignBytes / kRoleBytes[r]);
     std::int64_t offset = 0;
     for (std::size_t t = 0; t < T; ++t) {
       table.ptr[t * kRoles + r] = base + offset * static_cast<std::int64_t>(kRoleBytes[r]);
       offset += (table.size[t] + align - 1) / align * align;
     }
-    if (offset != capacity)
-      return Error(ErrorCode::kInvalidArgument, "adamgen_update_f32: packed slab size differs from the tensors' total");
+    if (offset != b.count)
+      return invalid("adamgen_update_f32: packed slab size differs from the tensors' total");
   }
-  return Error::Success();
+  return adamgen_frame::ok();
 }
 
 // Reductions: the call's second output holds kReduce partial sums per chunk, which the kernels
 // add per tensor in chunk order, and one more word (ffi.call_reduce sizes it).
-inline xla::ffi::Error partials_buffer(const xla::ffi::RemainingRets& rets, std::int64_t n_chunks,
-                                       float*& partial) {
-  auto b = rets.get<xla::ffi::AnyBuffer>(1);
-  if (b.has_error()) return b.error();
-  if ((*b)->element_type() != xla::ffi::F32 ||
-      static_cast<std::int64_t>((*b)->element_count()) != n_chunks * kReduce + 1)
-    return xla::ffi::Error(xla::ffi::ErrorCode::kInvalidArgument,
-                           "adamgen_update_f32: the partial-sum output must be f32[n_chunks * kReduce + 1]");
-  partial = static_cast<float*>((*b)->untyped_data());
-  return xla::ffi::Error::Success();
+inline adamgen_frame::Status partials_buffer(const adamgen_frame::Frame& f, std::int64_t n_chunks, float*& partial) {
+  const adamgen_frame::Buffer& b = f.rets[1];
+  if (b.dtype != XLA_FFI_DataType_F32 || b.count != n_chunks * kReduce + 1)
+    return adamgen_frame::invalid("adamgen_update_f32: the partial-sum output must be f32[n_chunks * kReduce + 1]");
+  partial = static_cast<float*>(b.data);
+  return adamgen_frame::ok();
 }
 
 }  // namespace adamgen_kernel
@@ -506,8 +586,10 @@ xla::ffi::Error launch(cudaStream_t stream, const LaunchArgs& a, const float* sc
 
 xla::ffi::Error impl(cudaStream_t stream, xla::ffi::AnyBuffer scalars, xla::ffi::AnyBuffer pertensor,
                      xla::ffi::RemainingArgs args, xla::ffi::RemainingRets rets) {
+  adamgen_frame::FrameStorage frame;
+  if (xla::ffi::Error err = adamgen_frame::to_frame(scalars, pertensor, args, rets, frame); err.failure()) return err;
   TensorTable table;
-  if (xla::ffi::Error err = collect(scalars, pertensor, args, rets, table); err.failure()) return err;
+  if (xla::ffi::Error err = adamgen_frame::to_error(collect(frame.frame, table)); err.failure()) return err;
   const float* s = static_cast<const float*>(scalars.untyped_data());
   const float* pt = static_cast<const float*>(pertensor.untyped_data());
   return for_each_launch(table, [&](const LaunchArgs& a) { return launch(stream, a, s, pt); });
