@@ -27,6 +27,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import jax.ffi
 
@@ -48,7 +49,7 @@ CUDA_GENCODE: tuple[str, ...] = (
     "-gencode", "arch=compute_90,code=compute_90",
 )
 CUDA_FLAGS: tuple[str, ...] = (
-    "-O3", "-std=c++17", "--fmad=false", "-shared", "-Xcompiler", "-fPIC", *CUDA_GENCODE,
+    "-O3", "-std=c++17", "--fmad=false", "-shared", "-Xcompiler", "-fPIC", "-Xlinker", "-Bsymbolic", *CUDA_GENCODE,
     # jaxlib's ffi headers trip nvcc's "missing return" / "always_inline ignored" warnings.
     "-diag-suppress", "940,2473", "-Xcompiler", "-Wno-return-type",
 )
@@ -167,18 +168,28 @@ def cache_key(source: str, flags: tuple[str, ...], version: str) -> str:
     return h.hexdigest()
 
 
+def _target(compiler: Compiler, source: str, flags: tuple[str, ...], out_ext: str, cache_dir: Path,
+            objects: tuple[Path, ...] = ()) -> Path:
+    """Where the build of ``source`` lives in the cache. The FFI headers' bytes are part of the
+    key: a jaxlib upgraded in place (same include path) must not reuse libraries built against
+    the old ones. Linked objects are named by their own keys, so their names stand for their
+    contents (and need not exist to name the library)."""
+    version = "\0".join((compiler.version, ffi_headers_digest(jax.ffi.include_dir()), *(o.name for o in objects)))
+    return cache_dir / f"{cache_key(source, flags, version)}{out_ext}"
+
+
 def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
-           out_ext: str, cache_dir: Path | None, objects: tuple[Path, ...] = ()) -> Path:
+           out_ext: str, cache_dir: Path | None, objects: tuple[Path, ...] = (),
+           make_objects: Callable[[], None] | None = None) -> Path:
+    """The cached build of ``source`` linked with ``objects``; on a miss, ``make_objects`` first
+    (a hit needs none of them: they are inside the library)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # The FFI headers' bytes are part of the key: a jaxlib upgraded in place (same include path)
-    # must not reuse libraries built against the old ones. Linked objects are named by their own
-    # keys, so their names stand for their contents.
-    version = "\0".join((compiler.version, ffi_headers_digest(jax.ffi.include_dir()), *(o.name for o in objects)))
-    key = cache_key(source, flags, version)
-    target = cache_dir / f"{key}{out_ext}"
+    target = _target(compiler, source, flags, out_ext, cache_dir, objects)
     if target.exists():
         return target
+    if make_objects is not None:
+        make_objects()
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
         src = Path(tmp) / f"kernel{suffix}"
         src.write_text(source)
@@ -220,10 +231,26 @@ def object_flags(flags: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def host_ffi_binding(compiler: Compiler, flags: tuple[str, ...], cache_dir: Path | None) -> Path:
-    """The binding's object for these flags, built on first use (one build at a time: the kernels
-    of one compile_all wait for the same object rather than each compiling it)."""
+    """The binding's object for these flags, built on first use (one build at a time in a
+    process: the kernels of one compile_all wait for the same object rather than each compiling
+    it; concurrent processes each build and rename into place, which is safe)."""
     with _binding_lock:
         return _build(compiler, host_ffi_binding_source(), ".cc", object_flags(flags), ".o", cache_dir)
+
+
+def host_ffi_binding_path(compiler: Compiler, flags: tuple[str, ...], cache_dir: Path | None) -> Path:
+    """Where host_ffi_binding puts the object (without building it)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return _target(compiler, host_ffi_binding_source(), object_flags(flags), ".o", cache_dir)
+
+
+def _new_binding_lock() -> None:
+    """A forked child inherits the lock as it was, possibly held by a thread it does not have."""
+    global _binding_lock
+    _binding_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_binding_lock)
 
 
 def _run_compiler(cmd: list[str], source: str) -> str:
@@ -249,8 +276,11 @@ def compile_host(source: str, flags: tuple[str, ...] = (), *,
     says LINK_HOST_FFI_BINDING is linked with the (cached) host FFI binding."""
     compiler = find_host_compiler()
     all_flags = host_flags(tuple(flags))
-    objects = (host_ffi_binding(compiler, all_flags, cache_dir),) if LINK_HOST_FFI_BINDING in source else ()
-    return _build(compiler, source, ".cc", all_flags, ".so", cache_dir, objects)
+    if LINK_HOST_FFI_BINDING not in source:
+        return _build(compiler, source, ".cc", all_flags, ".so", cache_dir)
+    return _build(compiler, source, ".cc", all_flags, ".so", cache_dir,
+                  (host_ffi_binding_path(compiler, all_flags, cache_dir),),
+                  lambda: host_ffi_binding(compiler, all_flags, cache_dir))
 
 
 def compile_cuda(source: str, flags: tuple[str, ...] = (), *,

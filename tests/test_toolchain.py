@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -89,6 +95,35 @@ def test_host_kernels_link_one_cached_ffi_binding(tmp_path, monkeypatch):
     seen.clear()
     toolchain.compile_host(ADD_ONE + "// plain\n", cache_dir=tmp_path)  # no link request: no binding
     assert len(seen) == 1 and str(binding) not in seen[0]
+
+
+def test_a_cached_kernel_needs_no_binding_object(tmp_path, monkeypatch):
+    lib = toolchain.compile_host(_salted(ffi.plain_adam_context(), "cached"), cache_dir=tmp_path)
+    for obj in tmp_path.glob("*.o"):
+        obj.unlink()  # e.g. a pruned cache: the library holds the binding already
+    seen = _commands(monkeypatch)
+    assert toolchain.compile_host(_salted(ffi.plain_adam_context(), "cached"), cache_dir=tmp_path) == lib
+    assert not seen and not list(tmp_path.glob("*.o"))
+
+
+def _compile_in_child(cache_dir: str) -> None:
+    signal.alarm(120)  # a child that waits on a lock no thread of its own holds dies here
+    toolchain.compile_host(_salted(ffi.plain_adam_context(), "child"), cache_dir=cache_dir)
+
+
+def test_a_child_forked_while_the_binding_builds_can_build_it(tmp_path):
+    building = threading.Thread(target=toolchain.compile_host,
+                                args=(_salted(ffi.plain_adam_context(), "parent"),), kwargs={"cache_dir": tmp_path / "p"})
+    building.start()
+    deadline = time.monotonic() + 30
+    while not toolchain._binding_lock.locked() and building.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child = multiprocessing.get_context("fork").Process(target=_compile_in_child, args=(str(tmp_path / "c"),))
+    child.start()
+    child.join(timeout=180)
+    building.join()
+    assert child.exitcode == 0, f"the forked child failed or hung (exit {child.exitcode})"
+    assert list((tmp_path / "c").glob("*.o")) and list((tmp_path / "c").glob("*.so"))
 
 
 def test_each_library_runs_its_own_kernel_even_loaded_globally(tmp_path):
@@ -179,3 +214,14 @@ def test_cuda_kernel_compiles_with_no_spills(tmp_path):
     assert lib.exists() and lib.stat().st_size > 0
     assert "nvcc" in toolchain.compiler_version("cuda").lower() or "cuda" in \
         toolchain.compiler_version("cuda").lower()
+
+
+@pytest.mark.parametrize("platform", ["cpu", pytest.param("cuda", marks=needs_nvcc)])
+def test_libraries_bind_their_own_symbols(platform, tmp_path):
+    """-Bsymbolic on both targets: every kernel library defines the same internal names."""
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf (binutils) not installed")
+    source = 'extern "C" int same_name_everywhere() { return 7; }\n'
+    lib = toolchain.compiler_for(platform)(source, cache_dir=tmp_path)
+    dynamic = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert "SYMBOLIC" in dynamic
