@@ -111,6 +111,8 @@ def _compile_in_child(cache_dir: str) -> None:
     toolchain.compile_host(_salted(ffi.plain_adam_context(), "child"), cache_dir=cache_dir)
 
 
+# JAX warns on any fork once its threads run; this child only compiles (no JAX in it).
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 def test_a_child_forked_while_the_binding_builds_can_build_it(tmp_path):
     building = threading.Thread(target=toolchain.compile_host,
                                 args=(_salted(ffi.plain_adam_context(), "parent"),), kwargs={"cache_dir": tmp_path / "p"})
