@@ -4,9 +4,9 @@ Environment is read only here, at the top level of the lookup helpers (``CXX``, 
 ``XDG_CACHE_HOME``, ``ADAMGEN_CACHE_DIR``); everything below takes explicit arguments.
 
 Cache layout: ``<cache_dir>/<sha256>.so`` where the key covers the source text, the full
-command-line flags, the compiler's version string and the bytes of the XLA FFI headers. Outputs are written to a temporary file in
-the same directory and moved into place with ``os.replace``, so a concurrent or failed build
-never leaves a torn library behind.
+command-line flags, the compiler's version string and the bytes of the XLA FFI headers. Outputs
+are written to a temporary file in the same directory and moved into place with ``os.replace``,
+so a concurrent or failed build never leaves a torn library behind.
 
 A host kernel whose source says ``// adamgen: link host_ffi_binding`` is linked with the XLA FFI
 binding (templates/host/ffi_binding.cc), compiled once into ``<cache_dir>/<sha256>.o``: ffi.h's
@@ -220,8 +220,10 @@ def ffi_headers_digest(include_dir: Path | str) -> str:
     return h.hexdigest()
 
 
+@functools.cache
 def host_ffi_binding_source() -> str:
-    """The binding's C++: the frame, its FFI conversions, the handler (the parts in that order)."""
+    """The binding's C++: the frame, its FFI conversions, the handler (the parts in that order).
+    Read once: every host compile, cache hits included, keys its library on it."""
     return "".join((TEMPLATE_DIR / part).read_text() for part in HOST_FFI_BINDING_PARTS)
 
 

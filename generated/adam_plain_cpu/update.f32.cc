@@ -425,6 +425,8 @@ adamgen_frame::Status execute(const adamgen_frame::Frame& f) {
 
 }  // namespace adamgen_kernel
 
+// A host kernel's two entry points (after its adamgen_kernel::execute): the one the linked
+// binding calls, and the FFI handler XLA is given, which forwards to the binding.
 extern "C" adamgen_frame::Status adamgen_kernel_execute(const adamgen_frame::Frame* frame) {
   return adamgen_kernel::execute(*frame);
 }
