@@ -12,7 +12,7 @@ import numpy as np
 
 from adamgen.dtypes import ir_dtype
 from adamgen.lower import scalar_inputs_for, slots_for
-from adamgen.state import SLOT_TO_FIELD, AdamState, Packed
+from adamgen.state import SLOT_TO_FIELD, AdamState, Packed, checked_leaves
 
 
 class Executor(Protocol):
@@ -70,6 +70,29 @@ class Optimizer:
             zeros = lambda: jax.tree_util.tree_map(self._zeros_like, params)  # noqa: E731
         fields = {SLOT_TO_FIELD[s]: zeros() for s in self.slots}
         return AdamState(iterations=self._counter(0), **fields)
+
+    def restore(self, state: AdamState, params) -> AdamState:
+        """`state` in this optimizer's own form for `params`: how to resume from a checkpoint
+        (`adamgen.checkpoint.load`), carry a state to another target or layout, or pick up a
+        Keras or optax run (`adamgen.interop`). The slots may be params-shaped trees or `Packed`
+        (any layout), of NumPy or JAX arrays; every slot, shape and dtype is checked against
+        this optimizer's options and the params before anything is copied. The result holds
+        fresh arrays (apply donates them; the ones passed in are left as they are)."""
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        for leaf in leaves:
+            self.spec.check_param_dtype(ir_dtype(leaf.dtype))
+        k, slot_leaves = checked_leaves(state, params, self.slots)
+        pack = getattr(self._executor, "packed_layout", None)
+        layout = pack(leaves, treedef) if pack is not None and leaves else None
+        put = (lambda x: x) if self.target == "numpy" else jax.device_put  # noqa: E731
+
+        def form(values: list):
+            if layout is not None:
+                return Packed(tuple(put(slab) for slab in layout.pack(values)), layout)
+            return jax.tree_util.tree_unflatten(treedef, [put(v) for v in values])
+
+        fields = {SLOT_TO_FIELD[s]: form(values) for s, values in slot_leaves.items()}
+        return AdamState(iterations=self._counter(int(k)), **fields)
 
     def _zeros_like(self, x):
         # Host zeros then one transfer: jnp.zeros would compile one XLA program per distinct

@@ -1,4 +1,5 @@
-"""Optimizer state shared by every target: the raw counter and the slot pytrees."""
+"""Optimizer state shared by every target: the raw counter and the slot pytrees, their packed
+form, and the checks that let a state move between optimizers."""
 from __future__ import annotations
 
 import dataclasses
@@ -48,6 +49,59 @@ class AdamState:
                    if isinstance(getattr(self, f.name), Packed)}
         return self.replace(**changes) if changes else self
 
+# AdamState field -> the Keras option that makes an optimizer keep it (momentums and velocities
+# are always kept).
+FIELD_OPTION = {"velocity_hats": "amsgrad=True", "averages": "use_ema=True",
+                "accumulators": "gradient_accumulation_steps"}
+INT32_MAX = np.iinfo(np.int32).max
+
+
+def checked_leaves(state: "AdamState", params, slots: tuple[str, ...]) -> tuple[np.int32, dict[str, list]]:
+    """The counter and, per IR slot in `slots`, fresh host copies of the slot's leaves in the
+    params' leaf order, after checking that `state` (slots params-shaped or `Packed`, any layout)
+    keeps exactly those slots with the params' tree structure, shapes and dtypes. Raises before
+    any copy is made into an optimizer's state."""
+    if not isinstance(state, AdamState):
+        raise TypeError(f"state must be an adamgen.AdamState, got {type(state).__name__}")
+    k = np.asarray(jax.device_get(state.iterations))
+    if k.ndim != 0 or k.dtype.kind not in "iu" or not 0 <= int(k) <= INT32_MAX:
+        raise ValueError(f"state.iterations must be a non-negative integer scalar (int32), got "
+                         f"{k.dtype} of shape {k.shape} = {k if k.size == 1 else '...'}")
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    wanted = {SLOT_TO_FIELD[s]: s for s in slots}
+    out: dict[str, list] = {}
+    for field in SLOT_TO_FIELD.values():
+        value = getattr(state, field)
+        if field not in wanted:
+            if value is not None:
+                raise ValueError(f"state.{field} is set, but this optimizer keeps none (it was made with "
+                                 f"{FIELD_OPTION[field]}); drop it with state.replace({field}=None)")
+            continue
+        if value is None:
+            raise ValueError(f"state.{field} is None, but this optimizer keeps it "
+                             f"({FIELD_OPTION.get(field, 'always')})")
+        out[wanted[field]] = _slot_leaves(field, value, with_path, treedef)
+    return np.int32(k), out
+
+
+def _slot_leaves(field: str, value, with_path: list, treedef) -> list[np.ndarray]:
+    tree = value.unpack() if isinstance(value, Packed) else value
+    try:
+        leaves = treedef.flatten_up_to(tree)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"state.{field} does not have the params' tree structure {treedef}: {err}") from None
+    out = []
+    for (path, param), leaf in zip(with_path, leaves):
+        arr = np.asarray(jax.device_get(leaf))
+        where = f"state.{field}{jax.tree_util.keystr(path)}"
+        if arr.shape != tuple(param.shape):
+            raise ValueError(f"{where} has shape {arr.shape}, the param {tuple(param.shape)}")
+        if arr.dtype != np.dtype(param.dtype):
+            raise ValueError(f"{where} is {arr.dtype}, the param {np.dtype(param.dtype)} "
+                             "(Keras keeps every slot in its variable's dtype)")
+        out.append(np.array(arr, copy=True))
+    return out
+
 
 @dataclasses.dataclass(frozen=True)
 class PackedLayout:
@@ -88,6 +142,18 @@ class PackedLayout:
 
     def slab_size(self, g: int) -> int:
         return sum(self._padded(i) for i in self.groups[g])
+
+    def pack(self, leaves: list) -> tuple[np.ndarray, ...]:
+        """Host slabs holding `leaves` (NumPy arrays in leaf order, of the layout's shapes and
+        dtypes) at their offsets, the padding zero: the inverse of `Packed.unpack`."""
+        slabs = []
+        for g, group in enumerate(self.groups):
+            slab = np.zeros(self.slab_size(g), self.dtypes[group[0]])
+            for i, start in zip(group, self.offsets(g)):
+                flat = np.asarray(leaves[i]).reshape(-1)
+                slab[start:start + flat.size] = flat
+            slabs.append(slab)
+        return tuple(slabs)
 
 
 @dataclasses.dataclass(frozen=True)
