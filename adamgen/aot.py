@@ -30,7 +30,7 @@ from adamgen.dtypes import numpy_dtype
 from adamgen.ir.node import Module
 from adamgen.ir.parser import parse_module
 from adamgen.ir.printer import print_module
-from adamgen.lower import scalar_inputs_for, slots_for
+from adamgen.lower import norm_dtype_for, parse_variant, scalar_inputs_for, slots_for, variant
 
 FORMAT = 1
 INIT_PY = '''"""adamgen artifact {name}: `from {pkg} import optimizer` loads it."""
@@ -90,11 +90,15 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
 
     out_dir = Path(out_dir)
     files: dict[str, bytes] = {"spec.json": spec.to_json().encode()}
-    for dtype in dtypes:
+    # Several dtypes under global_clipnorm: a tree mixing them runs each non-f32 group in a
+    # variant whose global norm is f32 (lower.variant), so build those too.
+    norm = norm_dtype_for(spec, dtypes)
+    variants = tuple(dict.fromkeys([*dtypes, *(variant(d, norm) for d in dtypes)]))
+    for dtype in variants:
         compiled = compile_spec(spec, dtype)
         files[f"ir.{dtype}.txt"] = print_module(compiled.ir_opt).encode()
         files[f"kernels.{dtype}.txt"] = print_module(compiled.kernels).encode()
-        if target == "jax":
+        if target == "jax" and dtype in dtypes:
             files[f"jax.{dtype}.txt"] = emit_jaxpr(compiled.kernels).encode()
             files[f"step.{dtype}.jaxexport"] = export_flat_step(spec, compiled.kernels, dtype)
         if extra_files is not None:
@@ -105,7 +109,7 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
         "format": FORMAT,
         "name": spec.name,
         "target": target,
-        "dtypes": list(dtypes),
+        "dtypes": list(variants),
         "spec": json.loads(spec.to_json()),
         "spec_hash": spec.content_hash(),
         "versions": {"adamgen": adamgen.__version__, "jax": jax.__version__},
@@ -169,15 +173,17 @@ def load_artifact(path):
 
     def module_for(dtype: str) -> Module:
         if dtype not in modules:
+            want = parse_variant(dtype)[0]
             raise ValueError(f"artifact {path.name} was built for dtypes {sorted(modules)}, not {dtype}; "
-                             f"rebuild with --dtype {dtype}")
+                             f"rebuild with --dtype {want}" + (" and a --dtype for each other dtype of the params"
+                                                            if want != dtype else ""))
         return modules[dtype]
 
     target = manifest["target"]
     if target == "jax":
         from adamgen.backends.jax import JaxExecutor
         executor = JaxExecutor(spec, module_for)
-        exports = {d: path / f"step.{d}.jaxexport" for d in manifest["dtypes"]}
+        exports = {d: path / f"step.{d}.jaxexport" for d in manifest["dtypes"] if parse_variant(d) == (d, d)}
         executor.exported = {d: jax.export.deserialize(bytearray(p.read_bytes())) for d, p in exports.items()}
         return Optimizer(spec, target, executor, donates=True)
     from adamgen.backends.native import load_native_executor

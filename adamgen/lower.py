@@ -37,12 +37,43 @@ def scalar_inputs_for(spec) -> tuple[str, ...]:
     return tuple(out)
 
 
+def variant(dtype: str, norm_dtype: str | None = None) -> str:
+    """The name of the module for params of `dtype` in a tree whose global norm is computed in
+    `norm_dtype` (Keras promotes the per-tensor sums of a tree of several dtypes to float32): the
+    dtype itself when that is the same, else e.g. "bf16_f32norm". Names kernels and artifact files."""
+    return dtype if norm_dtype in (None, dtype) else f"{dtype}_{norm_dtype}norm"
+
+
+def parse_variant(name: str) -> tuple[str, str]:
+    """variant() inverted: (param dtype, global norm dtype)."""
+    dtype, sep, norm = name.partition("_")
+    if not sep:
+        return dtype, dtype
+    if not norm.endswith("norm"):
+        raise ValueError(f"module variant {name!r} is not DTYPE or DTYPE_<dtype>norm")
+    return dtype, norm.removesuffix("norm")
+
+
+def module_variant(module: Module) -> str:
+    attrs = dict(module.attrs)
+    return variant(attrs["dtype"], attrs.get("norm_dtype"))
+
+
+def norm_dtype_for(spec, dtypes) -> str | None:
+    """The dtype of a tree's global norm when it differs from its params' (several param dtypes
+    under global_clipnorm: Keras stacks the per-tensor sums, which promotes them to float32)."""
+    if len(set(dtypes)) > 1 and spec.clip is not None and spec.clip[0] == "global_clipnorm":
+        return "f32"
+    return None
+
+
 @dataclass
 class _Ctx:
     b: Builder
     d: str          # param dtype
     step: Node      # raw counter k, i32
     runtime: dict[str, Node]  # runtime f32 scalar inputs by name (callable hyper-parameters)
+    norm: str = ""  # the global norm's dtype (D unless the tree has several param dtypes)
 
     def c(self, value) -> Node:
         """A Python number as Keras makes it: float32 first, then the param dtype."""
@@ -59,9 +90,11 @@ class _Ctx:
         return b.cast(b.mul(b.cast(x, "f32"), recip), self.d)
 
 
-def lower(spec, dtype: str) -> Module:
+def lower(spec, name: str) -> Module:
+    """The step for params of one dtype; `name` is the dtype or a variant() of it."""
+    dtype, norm = parse_variant(name)
     b = Builder()
-    x = _Ctx(b, dtype, b.input("step", "i32"), {})
+    x = _Ctx(b, dtype, b.input("step", "i32"), {}, norm)
     p = b.input("param", dtype, "N")
     g = b.input("grad", dtype, "N")
     slots = {name: b.input(name, dtype, "N") for name in slots_for(spec)}
@@ -118,7 +151,8 @@ def lower(spec, dtype: str) -> Module:
     order = ["param", *slots_for(spec), "step"]
     fn = Function("adam_step", tuple(b.inputs), tuple((k, outputs[k]) for k in order),
                   (("kind", "step"),))
-    return Module((fn,), (("dtype", dtype), ("spec", spec.name)))
+    attrs = (("dtype", dtype), ("spec", spec.name)) + ((("norm_dtype", norm),) if norm != dtype else ())
+    return Module((fn,), attrs)
 
 
 def _hyper(x: _Ctx, spec, key: str) -> Node:
@@ -170,10 +204,18 @@ def _clip(x: _Ctx, spec, g: Node) -> Node:
         # n = sqrt(S) if S > 0 else S;  g <- (g * c) * (1 / max(n, c))
         n = b.select(b.lt(x.c(0), s), b.sqrt(s), s)
         return x.scale(b.mul(g, x.c(c)), b.maximum(n, x.c(c)))
-    # global: N = sqrt(sum S);  scale = c * min(1/N, 1/c) + (N - N)
+    # global: N = sqrt(sum S);  scale = c * min(1/N, 1/c) + (N - N);  g <- g * scale, all in
+    # the norm's dtype G. With several param dtypes in the tree, G = f32: Keras stacks the
+    # per-tensor sums (promoted to f32), and g * scale is f32 too, rounded once to D.
+    G = x.norm
+    n_c = (lambda v: b.cast(b.const(v, "f32"), G))  # noqa: E731  (as x.c, in G)
+    if G != x.d:
+        s = b.cast(s, G)
     norm = b.sqrt(b.global_sum(s))
-    scale = b.add(b.mul(x.c(c), b.minimum(b.div(x.c(1), norm), x.c(1.0 / c))), b.sub(norm, norm))
-    return b.mul(g, scale)
+    scale = b.add(b.mul(n_c(c), b.minimum(b.div(n_c(1), norm), n_c(1.0 / c))), b.sub(norm, norm))
+    if G == x.d:
+        return b.mul(g, scale)
+    return b.cast(b.mul(b.cast(g, G), scale), x.d)
 
 
 def _ema(x: _Ctx, spec, k_eff: Node, avg: Node, param: Node) -> tuple[Node, Node]:

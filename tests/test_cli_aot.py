@@ -122,6 +122,29 @@ def test_load_rejects_a_dtype_it_was_not_built_for(tmp_path):
         opt.apply(p, opt.init(p), p)
 
 
+def test_artifact_with_several_dtypes_carries_the_global_norm_variants(tmp_path):
+    """Under global_clipnorm a tree of f32 and bf16 runs its bf16 group in the variant whose norm
+    is f32: built with both --dtype flags the artifact has it (and runs such a tree as the
+    oracle does); built for one, it says how to rebuild."""
+    import ml_dtypes
+    both, one = tmp_path / "adam_mixed", tmp_path / "adam_one"
+    assert main(["build", "--global-clipnorm", "1.0", "--dtype", "f32", "--dtype", "bf16", "-o", str(both)]) == 0
+    assert main(["build", "--global-clipnorm", "1.0", "--dtype", "bf16", "-o", str(one)]) == 0
+    assert json.loads((both / "manifest.json").read_text())["dtypes"] == ["f32", "bf16", "bf16_f32norm"]
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(9).astype(np.float32), rng.standard_normal(5).astype(ml_dtypes.bfloat16)]
+    grads = [(3 * rng.standard_normal(x.shape)).astype(x.dtype) for x in params]
+    oracle = adamgen.build(adamgen.AdamSpec(global_clipnorm=1.0), target="numpy")
+    want, _ = oracle.apply(grads, oracle.init(params), [x.copy() for x in params])
+    opt = adamgen.load(both)
+    got, _ = opt.apply(grads, opt.init(params), [x.copy() for x in params])
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-2)
+    opt = adamgen.load(one)
+    with pytest.raises(ValueError, match="built for dtypes \\['bf16'\\], not f32; rebuild with --dtype f32"):
+        opt.apply(grads, opt.init(params), [x.copy() for x in params])
+
+
 def test_generated_snapshots_are_up_to_date(tmp_path):
     """Rebuild every checked-in artifact; any byte of difference fails (regenerate with
     `python -m adamgen.snapshots` after a deliberate compiler change)."""

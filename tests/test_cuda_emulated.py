@@ -73,7 +73,7 @@ def _pertensor(r, inputs, n):
 
 
 @pytest.mark.parametrize("layout", ["per-tensor", "packed", "packed-unaligned"])
-@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "f16_f32norm"])
 @pytest.mark.parametrize("name", ["plain", "full", "clipvalue"])
 def test_cuda_update_kernel_bit_exact_against_interpreter(name, dtype, layout):
     """Bit for bit the interpreter's numbers, with 2 tensors per launch (so a call is 4 launches)

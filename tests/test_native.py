@@ -17,6 +17,7 @@ from adamgen.backends.native import kernel_for
 from adamgen.compiler import compile_spec
 from adamgen.dtypes import numpy_dtype
 from adamgen.ir.interp import run_function
+from adamgen.lower import parse_variant
 from adamgen.ir.ops import Op
 from adamgen.state import SLAB_ALIGN_BYTES
 
@@ -36,8 +37,9 @@ def test_cpp_table_covers_every_op():
 
 
 def _inputs(fn, dtype, rng, shapes=SHAPES):
-    """Random values for every input of the update kernel (per-tensor values positive)."""
-    dt = numpy_dtype(dtype)
+    """Random values for every input of the update kernel (per-tensor values positive); `dtype`
+    is a module variant (the param dtype, or e.g. bf16_f32norm)."""
+    dt = numpy_dtype(parse_variant(dtype)[0])
     out = {}
     for node in fn.inputs:
         name, kind = node.attr("name"), node.shape
@@ -93,8 +95,10 @@ def _unpack(role, values, shapes, align_bytes: int = SLAB_ALIGN_BYTES) -> list:
     return [slab[a:a + int(np.prod(s))].reshape(s) for a, s in zip(starts, shapes)]
 
 
+# bf16_f32norm: a bfloat16 group of a tree with several dtypes under global_clipnorm (the update
+# casts each gradient to f32, scales it by the f32 norm factor and rounds it back).
 @pytest.mark.parametrize("packed", [False, True], ids=["per-tensor-slots", "packed-slots"])
-@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "bf16_f32norm"])
 @pytest.mark.parametrize("name", list(SPECS))
 def test_host_kernel_bit_exact_against_interpreter(name, dtype, packed):
     spec = adamgen.AdamSpec(**SPECS[name])

@@ -358,3 +358,24 @@ def test_xla_cpu_sum_is_jnp_sum_and_unary_rejects_other_ops():
     assert xla_cpu.unary("cos", np.float32(1.0)) == np.asarray(jnp.cos(jnp.float32(1.0)))
     with pytest.raises(ValueError, match="op must be one of"):
         xla_cpu.unary("exp", np.float32(1.0))
+
+
+# Trees of several param dtypes under global_clipnorm: Keras stacks the per-tensor sums (promoted
+# to float32) and scales every gradient in float32 before casting it back.
+MIXED_TREES = {"f32+bf16": ("float32", "bfloat16", "float32", "bfloat16"),
+               "f16+bf16": ("float16", "bfloat16", "bfloat16"),
+               "f32+f16+bf16": ("bfloat16", "float32", "float16", "float32")}
+
+
+@pytest.mark.parametrize("tree", sorted(MIXED_TREES))
+@pytest.mark.parametrize("gscale", [0.05, 3.0])  # under and over the threshold
+def test_global_clipnorm_over_several_dtypes(tree, gscale):
+    rng = np.random.default_rng(len(tree) + int(gscale * 10))
+    shapes = [(40,), (3, 5), (), (2, 33)]
+    params, seq = [], [[] for _ in range(4)]
+    for shape, dtype in zip(shapes, MIXED_TREES[tree]):
+        p, grads = _params_and_grads(rng, [shape], DTYPES[dtype], 4, gscale=gscale)
+        params += p
+        for step, g in enumerate(grads):
+            seq[step] += g
+    _one(dict(learning_rate=0.05, beta_2=0.99, global_clipnorm=1.0, amsgrad=True), params, seq)

@@ -200,3 +200,65 @@ def test_jax_global_sum_adds_in_tensor_order(n):
     assert np.asarray(got).tobytes() == np.float32(expected).tobytes()
     if n == 1000:  # the data can tell the orders apart: numpy's pairwise sum rounds differently
         assert np.float32(np.sum(values, dtype=np.float32)) != expected
+
+
+MIXED = {"f32+bf16": ("f32", "bf16", "f32", "bf16"), "f16+bf16": ("f16", "bf16", "bf16"),
+         "f32+f16+bf16": ("bf16", "f32", "f16", "f32")}
+
+
+@pytest.mark.parametrize("target", ["jax", "cpu"])
+@pytest.mark.parametrize("mix", sorted(MIXED))
+def test_global_clipnorm_over_several_param_dtypes(target, mix):
+    """One global norm over a tree of several dtypes (the oracle, exact with Keras in
+    test_oracle_keras, promotes the per-tensor sums to f32 and scales in f32): each compiled
+    target runs its groups' kernels with the norm of the whole tree."""
+    from adamgen.dtypes import numpy_dtype
+
+    rng = np.random.default_rng(len(mix))
+    spec = adamgen.AdamSpec(learning_rate=0.05, beta_2=0.99, global_clipnorm=1.0, amsgrad=True, weight_decay=0.01)
+    shapes = [(40,), (3, 5), (7,), (2, 33)]
+    dtypes = MIXED[mix]
+    params = [rng.standard_normal(s).astype(numpy_dtype(d)) for s, d in zip(shapes, dtypes)]
+    grads_seq = [[(rng.standard_normal(s) * scale).astype(numpy_dtype(d)) for s, d in zip(shapes, dtypes)]
+                 for scale in (3.0, 0.05, 2.0)]
+    want_p, want_s = oracle_run(spec, [p.copy() for p in params], grads_seq)
+    opt = adamgen.build(spec, target=target)
+    p = [np.array(x) for x in params]
+    state = opt.init(p)
+    for grads in grads_seq:
+        p, state = opt.apply(grads, state, p)
+    state = state.unpacked()
+    # Every leaf's step depends on the norm, which depends on every group's sums: under jit XLA
+    # keeps half-precision sums in float32 (excess precision; Keras eager rounds them), so on the
+    # jax target even the f32 leaves are only as close as the tree's least precise dtype.
+    loosest = "bf16" if "bf16" in dtypes else "f16"
+    for i, d in enumerate(dtypes):
+        tol = tolerance(loosest if target == "jax" else d)
+        _compare([p[i]], [want_p[i]], False, tol, f"{target} param {i} ({d})", start=[params[i]])
+        for slot in slots_for(spec):
+            _compare([getattr(state, FIELDS[slot])[i]], [getattr(want_s, FIELDS[slot])[i]], False, tol,
+                     f"{target} {slot} {i} ({d})")
+
+
+def test_run_groups_sums_across_groups_in_leaf_order():
+    """A global_sum over two dtype groups adds the per-tensor values in the tree's leaf order
+    (Keras' stacked sum), and every group sees that one total. The values make the order visible
+    in float32: 1 + 1e8 rounds to 1e8, so in leaf order [1, 1e8, 1, 1, 1, 1] every 1 after the
+    first add is lost (total 1e8), while group order [1 x 5] then [1e8] gives 1e8 + 8."""
+    import jax.numpy as jnp
+
+    from adamgen.backends.jax import Group, run_groups
+    from adamgen.ir.parser import parse_module
+
+    module = parse_module('''module attributes {dtype = "f32", spec = "adam"} {
+func @total(%x0: f32[T]) attributes {kind = "scalar"} {
+  %0 = global_sum %x0 : f32
+  return {total = %0}
+}
+}''')
+    ones = Group(module, {"x0": jnp.ones(5, jnp.float32)}, (0, 2, 3, 4, 5))
+    big = Group(module, {"x0": jnp.full(1, 1e8, jnp.float32)}, (1,))
+    out = run_groups([ones, big])
+    assert [float(o["total"]) for o in out] == [1e8, 1e8]
+    grouped = np.float32(5) + np.float32(1e8)
+    assert grouped != np.float32(1e8), "the values no longer tell the two orders apart"

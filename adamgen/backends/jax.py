@@ -6,6 +6,7 @@ its dtype as jnp does. Under jit XLA fuses each tensor's elementwise chain into 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import jax
@@ -15,6 +16,7 @@ import numpy as np
 from adamgen.dtypes import ir_dtype, numpy_dtype
 from adamgen.ir.node import Function, Module, Node, function_nodes
 from adamgen.ir.ops import Op
+from adamgen.lower import norm_dtype_for, variant
 
 Value = Any
 
@@ -94,11 +96,14 @@ def _sequential_sum(values: Value, n_tensors: int, dtype) -> Value:
     return total
 
 
-def _eval(node: Node, args: list[Value], n_tensors: int) -> Value:
+GlobalSum = Callable[[Value, int, Any], Value]  # (the [T] values, T, dtype) -> their sum
+
+
+def _eval(node: Node, args: list[Value], n_tensors: int, global_sum: GlobalSum) -> Value:
     if node.op is Op.CONST:
         return jnp.asarray(node.attr("value"), dtype=numpy_dtype(node.dtype))
     if node.op is Op.GLOBAL_SUM:
-        return _sequential_sum(args[0], n_tensors, numpy_dtype(node.dtype))
+        return global_sum(args[0], n_tensors, numpy_dtype(node.dtype))
     rule = JAX_LOWERING[node.op]
     if node.op is Op.REDUCE_SUM:
         return jnp.stack([rule(node, a) for a in args[0]]) if n_tensors else jnp.zeros((0,), numpy_dtype(node.dtype))
@@ -108,14 +113,16 @@ def _eval(node: Node, args: list[Value], n_tensors: int) -> Value:
     return rule(node, *args)
 
 
-def run_function(fn: Function, inputs: dict[str, Value], n_tensors: int) -> dict[str, Value]:
+def run_function(fn: Function, inputs: dict[str, Value], n_tensors: int,
+                 global_sum: GlobalSum = _sequential_sum) -> dict[str, Value]:
+    """Evaluate `fn`; `global_sum` gives that op its meaning (run_groups sums across groups)."""
     env: dict[int, Value] = {}
     by_name = {n.attr("name"): inputs[n.attr("name")] for n in fn.inputs}
     for node in function_nodes(fn):
         if node.op is Op.INPUT:
             continue
         args = [by_name[o.attr("name")] if o.op is Op.INPUT else env[id(o)] for o in node.operands]
-        env[id(node)] = _eval(node, args, n_tensors)
+        env[id(node)] = _eval(node, args, n_tensors, global_sum)
     return {k: (by_name[v.attr("name")] if v.op is Op.INPUT else env[id(v)]) for k, v in fn.outputs}
 
 
@@ -138,6 +145,70 @@ def run_module(module: Module, inputs: dict[str, Value], n_tensors: int,
         env.update(out)
         results.update(out)
     return results
+
+
+@dataclass(frozen=True)
+class Group:
+    """One param dtype's share of a step: its module, named inputs, and the tree's leaf indices it
+    holds (in group order); `runner` may take over its kernels, as for run_module."""
+    module: Module
+    inputs: dict
+    leaves: tuple[int, ...]
+    runner: KernelRunner | None = None
+
+
+def run_groups(groups: list[Group]) -> list[dict[str, Value]]:
+    """One step over every dtype group of a tree. Each group's module runs on its own, except
+    that a global_sum adds the per-tensor values of every group in the tree's leaf order (Keras
+    stacks the sums of all variables): each group runs up to the scalar function holding it, that
+    function's global_sum operand is gathered from every group (a first evaluation that only
+    records it), and the total is handed to each group's second evaluation of the function."""
+    splits = [_split_at_global_sum(g.module) for g in groups]
+    if len(groups) == 1 or all(split is None for split in splits):
+        return [run_module(g.module, g.inputs, len(g.leaves), g.runner) for g in groups]
+    if any(split is None for split in splits):
+        raise ValueError("the modules of one step disagree about a global_sum")
+    envs = [dict(g.inputs) for g in groups]
+    results: list[dict[str, Value]] = [{} for _ in groups]
+
+    def run(j: int, fn: Function, global_sum: GlobalSum = _sequential_sum) -> None:
+        runner, n = groups[j].runner, len(groups[j].leaves)
+        out = runner(fn, envs[j], n) if runner is not None and fn.attr("kind") != "scalar" else None
+        out = out if out is not None else run_function(fn, envs[j], n, global_sum)
+        envs[j].update(out)
+        results[j].update(out)
+
+    for j, (before, _, _) in enumerate(splits):
+        for fn in before:
+            run(j, fn)
+    parts: list[Value] = [None] * len(groups)
+    for j, (_, holder, _) in enumerate(splits):
+        def record(values, n, dtype, j=j):
+            parts[j] = values
+            return jnp.zeros((), dtype)
+        run_function(holder, envs[j], len(groups[j].leaves), record)
+    dtypes = {jnp.asarray(v).dtype for v in parts}
+    if len(dtypes) != 1:
+        raise ValueError(f"the groups' global_sum operands have several dtypes {sorted(map(str, dtypes))}")
+    order = np.argsort(np.concatenate([g.leaves for g in groups]), kind="stable")
+    total = _sequential_sum(jnp.concatenate(parts)[order], len(order), dtypes.pop())
+    for j, (_, holder, after) in enumerate(splits):
+        run(j, holder, lambda values, n, dtype: total.astype(dtype))
+        for fn in after:
+            run(j, fn)
+    return results
+
+
+def _split_at_global_sum(module: Module) -> tuple[list[Function], Function, list[Function]] | None:
+    """(the functions before, the scalar function holding the module's one global_sum, after)."""
+    at = [i for i, fn in enumerate(module.functions)
+          if any(node.op is Op.GLOBAL_SUM for node in function_nodes(fn))]
+    if not at:
+        return None
+    fns = list(module.functions)
+    if len(at) > 1 or fns[at[0]].attr("kind") != "scalar":
+        raise ValueError("a module's global_sum must be in one scalar function")
+    return fns[:at[0]], fns[at[0]], fns[at[0] + 1:]
 
 
 def emit_jaxpr(module: Module, n: int = 8) -> str:
@@ -173,20 +244,18 @@ class JaxExecutor:
             self._modules[dtype] = self._module_for(dtype)
         return self._modules[dtype]
 
-    def _check_dtypes(self, groups: dict[str, list[int]]) -> dict[str, list[int]]:
-        if len(groups) > 1 and self.spec.clip and self.spec.clip[0] == "global_clipnorm":
-            raise NotImplementedError(
-                f"global_clipnorm over params of several dtypes {sorted(groups)} is not supported; "
-                "use one param dtype")
-        return groups
+    def variants(self, dtypes) -> dict[str, str]:
+        """param dtype -> the module variant its group runs in a tree of these dtypes."""
+        norm = norm_dtype_for(self.spec, dtypes)
+        return {d: variant(d, norm) for d in dtypes}
 
     def step(self, params: list, grads: list, slots: dict[str, list], step, runtime: dict):
-        groups = self._check_dtypes(_group_by_dtype(params))
+        groups = _group_by_dtype(params)
         flat_dtype = next(iter(groups)) if len(params) == 1 and jnp.ndim(params[0]) == 1 else None
         if flat_dtype in self.exported:
             return self._run_exported(flat_dtype, params, grads, slots, step, runtime)
-        for dtype in groups:
-            self.module(dtype)
+        for name in self.variants(groups).values():
+            self.module(name)
         return self._jitted(params, grads, slots, step, runtime)
 
     def _runner_for(self, dtype: str) -> KernelRunner | None:
@@ -205,10 +274,14 @@ class JaxExecutor:
         new_params = list(params)
         new_slots = {k: list(v) for k, v in slots.items()}
         new_step = step + 1
-        for dtype, idx in _group_by_dtype(params).items():
-            inputs = step_inputs(self.spec, step, runtime, [params[i] for i in idx], [grads[i] for i in idx],
-                                 {k: [v[i] for i in idx] for k, v in slots.items()})
-            out = run_module(self._modules[dtype], inputs, len(idx), self._runner_for(dtype))
+        by_dtype = _group_by_dtype(params)
+        names = self.variants(by_dtype)
+        groups = [Group(self._modules[names[dtype]],
+                        step_inputs(self.spec, step, runtime, [params[i] for i in idx], [grads[i] for i in idx],
+                                    {k: [v[i] for i in idx] for k, v in slots.items()}),
+                        tuple(idx), self._runner_for(names[dtype]))
+                  for dtype, idx in by_dtype.items()]
+        for idx, out in zip(by_dtype.values(), run_groups(groups)):
             new_step = out["step"]
             for j, i in enumerate(idx):
                 new_params[i] = out["param"][j]

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 from adamgen.dtypes import ir_dtype, numpy_dtype
 from adamgen import ffi, toolchain
 from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise, render_reduce
-from adamgen.backends.jax import JaxExecutor, run_module, step_inputs
+from adamgen.backends.jax import Group, JaxExecutor, run_groups, step_inputs
 from adamgen.ir.node import Module
+from adamgen.lower import module_variant
 from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
 
 SOURCE_SUFFIX = {"cpu": "cc", "cuda": "cu"}
@@ -38,8 +39,12 @@ class NativeKernel:
     source: str
 
 
-def kernel_for(module: Module, dtype: str, caps: Capabilities, name: str = "update") -> NativeKernel:
-    """Render one native kernel (`update`, or a `reduce<k>`) of a fused module for a param dtype."""
+def kernel_for(module: Module, key: str, caps: Capabilities, name: str = "update") -> NativeKernel:
+    """Render one native kernel (`update`, or a `reduce<k>`) of a fused module; `key` is the
+    module's variant (its param dtype, or e.g. "bf16_f32norm"), which names the kernel's symbol."""
+    if key != module_variant(module):
+        raise ValueError(f"kernel_for: the module is variant {module_variant(module)!r}, not {key!r}")
+    dtype = dict(module.attrs)["dtype"]
     fn = module.function(name)
     reduce = fn.attr("kind") == "reduce"
     rendered = (render_reduce if reduce else render_elementwise)(fn, dtype)
@@ -47,7 +52,7 @@ def kernel_for(module: Module, dtype: str, caps: Capabilities, name: str = "upda
         rendered = replace(rendered, roles=tuple(replace(r, packed=r.name in SLOT_TO_FIELD) for r in rendered.roles))
     itemsize = ffi.STORAGE[dtype][2].itemsize
     built = caps.effective(itemsize)
-    ctx = ffi.make_context(f"adamgen_{name}_{dtype}", rendered.roles, len(rendered.scalars), rendered.body,
+    ctx = ffi.make_context(f"adamgen_{name}_{key}", rendered.roles, len(rendered.scalars), rendered.body,
                            n_pertensor=len(rendered.pertensor), n_reduce=len(rendered.outputs),
                            chunk_elems=caps.chunk_elems, block_threads=caps.block_threads,
                            max_threads=caps.threads, unroll=built.unroll, blocks_per_sm=caps.blocks_per_sm,
@@ -63,8 +68,7 @@ def native_kernel_names(module: Module) -> list[str]:
 
 def render_source(spec, module: Module, target: str) -> str:
     """All native kernels of a module, one source after the other (what --emit prints)."""
-    dtype = dict(module.attrs)["dtype"]
-    return "\n".join(kernel_for(module, dtype, CAPABILITIES[target], name).source
+    return "\n".join(kernel_for(module, module_variant(module), CAPABILITIES[target], name).source
                      for name in native_kernel_names(module))
 
 
@@ -136,8 +140,8 @@ class NativeExecutor(JaxExecutor):
                              "call opt.init(params) for these params")
         # The leaves' dtypes are the layout's (the kernels check every buffer's dtype and size), so
         # no per-leaf Python work runs on a call.
-        for dtype in self._check_dtypes(layout_dtype_groups(layout)):
-            self.module(dtype)
+        for name in self.variants(layout_dtype_groups(layout)).values():
+            self.module(name)
         return self._jitted_packed(params, grads, slots, step, runtime)
 
     def _step_packed(self, params, grads, slots: dict, step, runtime):
@@ -152,12 +156,16 @@ class NativeExecutor(JaxExecutor):
         new_params = list(params)
         new_slabs = {k: list(v.slabs) for k, v in slots.items()}
         new_step = step + 1
-        for dtype, idx in layout_dtype_groups(layout).items():
+        by_dtype = layout_dtype_groups(layout)
+        names = self.variants(by_dtype)
+        slab_ids, groups = [], []
+        for dtype, idx in by_dtype.items():
             members = set(idx)
-            gids = [g for g, group in enumerate(layout.groups) if group[0] in members]
-            groups = {k: SlabGroups(tuple(v.slabs[g] for g in gids)) for k, v in slots.items()}
-            inputs = step_inputs(self.spec, step, runtime, [params[i] for i in idx], [grads[i] for i in idx], groups)
-            out = run_module(self._modules[dtype], inputs, len(idx), self._runner_for(dtype))
+            slab_ids.append([g for g, group in enumerate(layout.groups) if group[0] in members])
+            packed = {k: SlabGroups(tuple(v.slabs[g] for g in slab_ids[-1])) for k, v in slots.items()}
+            inputs = step_inputs(self.spec, step, runtime, [params[i] for i in idx], [grads[i] for i in idx], packed)
+            groups.append(Group(self._modules[names[dtype]], inputs, tuple(idx), self._runner_for(names[dtype])))
+        for idx, gids, out in zip(by_dtype.values(), slab_ids, run_groups(groups)):
             new_step = out["step"]
             for j, i in enumerate(idx):
                 new_params[i] = out["param"][j]
