@@ -54,7 +54,7 @@ def flat_step_fn(spec, module: Module) -> Callable:
     scalars = [k for k in scalar_inputs_for(spec) if k != "step"]
 
     def step(param, grad, slot_values, step, runtime):
-        inputs = step_inputs(spec, step, runtime, [param], [grad], {k: [v] for k, v in zip(slots, slot_values)})
+        inputs = step_inputs(spec, step, runtime, [param], [grad], {k: [v] for k, v in zip(slots, slot_values)}, (0,))
         out = run_module(module, inputs, 1)
         return out["param"][0], tuple(out[k][0] for k in slots), out["step"]
 
@@ -68,6 +68,8 @@ def export_flat_step(spec, module: Module, dtype: str) -> bytes:
     vec = jax.ShapeDtypeStruct((n,), numpy_dtype(dtype))
     slot_specs = tuple(vec for _ in slots_for(spec))
     runtime = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in fn.scalars}
+    if spec.weight_decay is not None and spec.exclude_from_weight_decay:
+        runtime["decay"] = jax.ShapeDtypeStruct((1,), jnp.float32)  # the one tensor's mask
     # Source locations (file paths, call stacks) would make the bytes depend on who called the
     # build; an artifact must be reproducible, so export without them.
     old = jax.config.jax_traceback_in_locations_limit

@@ -105,6 +105,9 @@ def _add_spec_flags(b: argparse.ArgumentParser) -> None:
                         "e.g. CosineDecay:initial_learning_rate=0.01,decay_steps=1000")
     b.add_argument("--from-keras-config", type=Path, default=None, metavar="FILE",
                    help="read the spec from a Keras get_config() / serialize() JSON file; other spec flags override it")
+    b.add_argument("--exclude-from-weight-decay", action="append", default=None, metavar="NAME",
+                   help="no weight decay for params whose tree path matches this regular expression "
+                        "(re.search, as Keras' var_names), e.g. bias; repeat for several")
     b.add_argument("--target", choices=TARGETS, default="jax", help="what to compile for (default jax)")
 
 
@@ -121,6 +124,8 @@ def spec_from_args(args: argparse.Namespace):
     for dest in ("amsgrad", "use_ema"):
         if getattr(args, dest):
             kwargs[dest] = True
+    if args.exclude_from_weight_decay:
+        kwargs["exclude_from_weight_decay"] = list(args.exclude_from_weight_decay)
     if args.schedule is not None:
         if args.learning_rate is not None:
             raise SystemExit("adamgen: error: --schedule and --learning-rate are exclusive")

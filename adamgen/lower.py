@@ -125,6 +125,9 @@ def lower(spec, name: str) -> Module:
     p1 = p
     if spec.weight_decay is not None:
         p1 = b.sub(p, b.mul(b.mul(p, x.c(spec.weight_decay)), lr))
+    if spec.weight_decay is not None and spec.exclude_from_weight_decay:
+        # per tensor: decay = 1 (decayed) or 0 (excluded by name), from the caller's tree
+        p1 = b.select(b.lt(b.const(0, "f32"), b.input("decay", "f32", "T")), p1, p)
     # 6. the Adam update
     t = b.cast(b.add(k_eff, one_i), dtype)
     b1p = b.pow(hyper["beta_1"], t)

@@ -177,8 +177,9 @@ class Oracle:
             return [np.array(p, copy=True) for p in params]
         return [a.astype(np.asarray(p).dtype, copy=True) for a, p in zip(state.averages, params)]
 
-    def apply(self, grads: list, state: OracleState, params: list[np.ndarray]):
-        """One `opt.apply(grads, vars)`; returns (new params, new state)."""
+    def apply(self, grads: list, state: OracleState, params: list[np.ndarray], decayed: list[bool] | None = None):
+        """One `opt.apply(grads, vars)`; returns (new params, new state). `decayed[i]` False
+        excludes variable i from weight decay (Keras' exclude_from_weight_decay); None: none is."""
         params = [np.array(p, copy=True) for p in params]
         if len(grads) == 0:  # Keras: no-op, the counter does not move
             return params, state
@@ -209,14 +210,13 @@ class Oracle:
 
         # Keras evaluates the lr once per decayed variable, then once for update_step, on
         # every call (JAX computes both branches of the accumulation cond).
-        lr_wd = {i: self.learning_rate_at(k) for i in live} if spec.weight_decay is not None else {}
+        decays = [i for i in live if spec.weight_decay is not None and (decayed is None or decayed[i])]
+        lr_wd = {i: self.learning_rate_at(k) for i in decays}
         lr = self.learning_rate_at(k)
         if is_update:
             clipped = _clip([g[i] for i in live], spec.clip)
             g = dict(zip(live, clipped))
-            for i in live:  # §5: decoupled decay on the pre-update θ
-                if spec.weight_decay is None:
-                    continue
+            for i in decays:  # §5: decoupled decay on the pre-update θ
                 dt = params[i].dtype
                 decay = (params[i] * _const(spec.weight_decay, dt)).astype(dt)
                 params[i] = (params[i] - (decay * lr_wd[i].astype(dt)).astype(dt)).astype(dt)

@@ -40,6 +40,12 @@ def runtime_scalars(spec, step: int | None = None,
     return {key: np.float32(fn()) for key, fn in pairs}
 
 
+def leaf_name(path) -> str:
+    """A pytree leaf's name for exclude_from_weight_decay: its key path joined by "/" (as Keras'
+    variable.path), e.g. "dense/bias" or "layers/0/kernel"."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+
+
 class Optimizer:
     """One compiled Adam optimizer.
 
@@ -55,6 +61,7 @@ class Optimizer:
         self.donates = donates
         self.slots = slots_for(spec)
         self._callables = host_callables(spec) if getattr(executor, "needs_runtime_scalars", True) else ()
+        self._decay_masks: dict[Any, np.ndarray] = {}
 
     # -- state -----------------------------------------------------------------
     def init(self, params) -> AdamState:
@@ -113,10 +120,25 @@ class Optimizer:
         g_leaves = self._grad_leaves(grads, treedef)
         slot_leaves = {s: self._slot_leaves(getattr(state, SLOT_TO_FIELD[s]), treedef) for s in self.slots}
         runtime = runtime_scalars(self.spec, callables=self._callables) if self._callables else {}
+        mask = self._decay_mask(params, treedef)
+        if mask is not None:
+            runtime = {**runtime, "decay": mask}
         new_p, new_slots, new_step = self._executor.step(p_leaves, g_leaves, slot_leaves, state.iterations, runtime)
         unflat = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)  # noqa: E731
         fields = {SLOT_TO_FIELD[s]: v if isinstance(v := new_slots[s], Packed) else unflat(v) for s in self.slots}
         return unflat(new_p), AdamState(iterations=new_step, **fields)
+
+    def _decay_mask(self, params, treedef) -> np.ndarray | None:
+        """Per leaf, 1.0 where weight decay applies and 0.0 where the spec excludes the leaf by
+        name (its tree path, "dense/bias"); None when nothing is excluded. Cached per tree."""
+        if self.spec.weight_decay is None or not self.spec.exclude_from_weight_decay:
+            return None
+        mask = self._decay_masks.get(treedef)
+        if mask is None:
+            with_path, _ = jax.tree_util.tree_flatten_with_path(params)
+            mask = np.array([self.spec.uses_weight_decay(leaf_name(path)) for path, _ in with_path], np.float32)
+            self._decay_masks[treedef] = mask
+        return mask
 
     @staticmethod
     def _slot_leaves(value, treedef):

@@ -8,7 +8,9 @@ its warnings (inputs Keras silently accepts but that break training) come after.
 
 Extensions over Keras: `learning_rate` may also be a serialized schedule dict or a
 one-argument callable `f(step)`; `beta_1`, `beta_2`, `epsilon` may be zero-argument
-callables (Keras documents this but crashes at apply time).
+callables (Keras documents this but crashes at apply time); `exclude_from_weight_decay` (a
+keyword here, Keras' `optimizer.exclude_from_weight_decay(var_names=...)` method) takes the
+names whose params get no weight decay, matched as Keras does (see `uses_weight_decay`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import hashlib
 import inspect
 import json
 import numbers
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -179,6 +182,21 @@ def _warn_nonsense(kw: dict[str, Any]) -> None:
             _warn(f"{field}={value} <= 0: Keras accepts it and clipping is disabled")
 
 
+def _exclusions(names: Any) -> tuple[str, ...]:
+    """`exclude_from_weight_decay`: a list of regular expressions (Keras' var_names)."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
+        raise ValueError("`exclude_from_weight_decay` must be a list of names (regular expressions), "
+                         f"e.g. ['bias', 'norm']. Received: {names!r}")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`exclude_from_weight_decay` entries must be non-empty strings. Received: {name!r}")
+        try:
+            re.compile(name)
+        except re.error as err:
+            raise ValueError(f"`exclude_from_weight_decay` entry {name!r} is not a regular expression: {err}") from None
+    return tuple(names)
+
+
 def _warn(message: str) -> None:
     warnings.warn(f"AdamSpec: {message}", UserWarning, stacklevel=4)
 
@@ -186,7 +204,7 @@ def _warn(message: str) -> None:
 class AdamSpec:
     """Immutable, hashable `keras.optimizers.Adam` configuration (see module docstring)."""
 
-    __slots__ = ("_kw", "_raw_flags", "_lr_kind", "_lr_arity", "_key")
+    __slots__ = ("_kw", "_raw_flags", "_lr_kind", "_lr_arity", "_key", "_exclude", "_exclude_re")
 
     def __init__(
         self,
@@ -209,6 +227,7 @@ class AdamSpec:
     ) -> None:
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.", UserWarning, stacklevel=2)
+        exclude = kwargs.pop("exclude_from_weight_decay", ())
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {kwargs}")
         kw = {key: value for key, value in locals().items() if key in DEFAULTS}
@@ -218,12 +237,18 @@ class AdamSpec:
         kw = {key: _plain(value) for key, value in kw.items()}
         kw["learning_rate"] = lr
         _adamgen_checks(kw)
+        exclude = _exclusions(exclude)
         _warn_nonsense(kw)
+        if exclude and kw["weight_decay"] is None:
+            _warn(f"exclude_from_weight_decay={list(exclude)} without weight_decay has no effect")
         # get_config reports these as given ('yes' stays 'yes'); the spec exposes bools.
         raw_flags = {"amsgrad": kw["amsgrad"], "use_ema": kw["use_ema"]}
         kw["amsgrad"], kw["use_ema"] = bool(kw["amsgrad"]), bool(kw["use_ema"])
-        key = tuple((k, type(raw_flags.get(k, v)), raw_flags.get(k, v)) for k, v in kw.items())
-        for slot, value in (("_kw", kw), ("_raw_flags", raw_flags), ("_lr_kind", lr_kind), ("_lr_arity", lr_arity), ("_key", key)):
+        key = tuple((k, type(raw_flags.get(k, v)), raw_flags.get(k, v)) for k, v in kw.items()) + (exclude,)
+        # Keras joins the names into one pattern and re.searches it in each variable's name.
+        pattern = re.compile("|".join(dict.fromkeys(exclude))) if exclude else None
+        for slot, value in (("_kw", kw), ("_raw_flags", raw_flags), ("_lr_kind", lr_kind), ("_lr_arity", lr_arity),
+                            ("_key", key), ("_exclude", exclude), ("_exclude_re", pattern)):
             object.__setattr__(self, slot, value)
 
     # ------------------------------------------------------------------ immutability, identity
@@ -260,7 +285,8 @@ class AdamSpec:
         return hash(self._key)
 
     def __repr__(self) -> str:
-        changed = [f"{k}={self._reported(k)!r}" for k in DEFAULTS if self._differs_from_default(k)]
+        changed = [f"{k}={v!r}" for k, v in self.kwargs().items()
+                   if k not in DEFAULTS or self._differs_from_default(k)]
         return f"AdamSpec({', '.join(changed)})"
 
     def _reported(self, key: str) -> Any:
@@ -272,7 +298,8 @@ class AdamSpec:
 
     def kwargs(self) -> dict[str, Any]:
         """The constructor keywords (as given, lr converted to its adamgen form)."""
-        return {k: self._reported(k) for k in DEFAULTS}
+        out = {k: self._reported(k) for k in DEFAULTS}
+        return {**out, "exclude_from_weight_decay": list(self._exclude)} if self._exclude else out
 
     def replace(self, **changes: Any) -> "AdamSpec":
         return AdamSpec(**{**self.kwargs(), **changes})
@@ -288,6 +315,18 @@ class AdamSpec:
     def lr_callable_arity(self) -> int | None:
         """0 for lr(), 1 for lr(step), None unless lr_kind == 'callable'."""
         return self._lr_arity
+
+    @property
+    def exclude_from_weight_decay(self) -> tuple[str, ...]:
+        return self._exclude
+
+    def uses_weight_decay(self, name: str) -> bool:
+        """Whether the param called `name` is decayed: Keras' `_use_weight_decay` for var_names
+        (the joined names re.searched in the name; adamgen names a pytree leaf by its path,
+        e.g. "dense/bias"). Always False without weight_decay."""
+        if self._kw["weight_decay"] is None:
+            return False
+        return self._exclude_re is None or self._exclude_re.search(name) is None
 
     @property
     def accumulation_steps(self) -> int | None:
@@ -382,6 +421,8 @@ class AdamSpec:
                     "use a float or a schedule to get JSON / a content hash"
                 )
             data[key] = value
+        if self._exclude:
+            data["exclude_from_weight_decay"] = list(self._exclude)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod

@@ -222,7 +222,8 @@ def emit_jaxpr(module: Module, n: int = 8) -> str:
         out = run_module(module, inputs, 1)
         return {k: (v[0] if isinstance(v, list) else v) for k, v in out.items() if not k.startswith("x")}
 
-    args = {k: (jnp.zeros((n,), dtype) if node.shape == "N" else jnp.zeros((), numpy_dtype(node.dtype)))
+    shape_of = {"N": (n,), "T": (1,), "": ()}  # one tensor of n elements
+    args = {k: jnp.zeros(shape_of[node.shape], dtype if node.shape == "N" else numpy_dtype(node.dtype))
             for k, node in names}
     return str(jax.make_jaxpr(lambda *a: step(**dict(zip(args, a))))(*args.values()))
 
@@ -278,7 +279,7 @@ class JaxExecutor:
         names = self.variants(by_dtype)
         groups = [Group(self._modules[names[dtype]],
                         step_inputs(self.spec, step, runtime, [params[i] for i in idx], [grads[i] for i in idx],
-                                    {k: [v[i] for i in idx] for k, v in slots.items()}),
+                                    {k: [v[i] for i in idx] for k, v in slots.items()}, tuple(idx)),
                         tuple(idx), self._runner_for(names[dtype]))
                   for dtype, idx in by_dtype.items()]
         for idx, out in zip(by_dtype.values(), run_groups(groups)):
@@ -290,11 +291,15 @@ class JaxExecutor:
         return new_params, new_slots, new_step
 
 
-def step_inputs(spec, step, runtime: dict, params: list, grads: list, slots: dict[str, list]) -> dict:
-    """The named inputs of a fused module for one group of same-dtype tensors: grads cast to the
-    param dtype (as Keras casts them), and a one-argument learning-rate callable traced here."""
+def step_inputs(spec, step, runtime: dict, params: list, grads: list, slots: dict[str, list],
+                leaves: tuple[int, ...]) -> dict:
+    """The named inputs of a fused module for one group of same-dtype tensors (`leaves`: their
+    indices in the tree): grads cast to the param dtype (as Keras casts them), the group's part of
+    the tree's weight-decay mask, and a one-argument learning-rate callable traced here."""
     inputs = {"step": step, **runtime, "param": params,
               "grad": [jnp.asarray(g).astype(p.dtype) for g, p in zip(grads, params)], **slots}
+    if "decay" in runtime:
+        inputs["decay"] = jnp.asarray(runtime["decay"])[np.asarray(leaves, np.int32)]
     if spec.lr_kind == "callable" and spec.lr_callable_arity == 1:
         inputs["lr"] = jnp.asarray(spec.learning_rate(step), jnp.float32)
     return inputs

@@ -163,7 +163,8 @@ class NativeExecutor(JaxExecutor):
             members = set(idx)
             slab_ids.append([g for g, group in enumerate(layout.groups) if group[0] in members])
             packed = {k: SlabGroups(tuple(v.slabs[g] for g in slab_ids[-1])) for k, v in slots.items()}
-            inputs = step_inputs(self.spec, step, runtime, [params[i] for i in idx], [grads[i] for i in idx], packed)
+            inputs = step_inputs(self.spec, step, runtime, [params[i] for i in idx], [grads[i] for i in idx], packed,
+                                 tuple(idx))
             groups.append(Group(self._modules[names[dtype]], inputs, tuple(idx), self._runner_for(names[dtype])))
         for idx, gids, out in zip(by_dtype.values(), slab_ids, run_groups(groups)):
             new_step = out["step"]

@@ -17,6 +17,8 @@ class OracleExecutor:
 
     def step(self, params, grads, slots, step, runtime):
         state = OracleState(iterations=np.int32(step), **{_FIELDS[k]: v for k, v in slots.items()})
-        new_params, new_state = self.oracle.apply(list(grads), state, [np.asarray(p) for p in params])
+        mask = runtime.get("decay")
+        decayed = None if mask is None else [bool(x) for x in mask]
+        new_params, new_state = self.oracle.apply(list(grads), state, [np.asarray(p) for p in params], decayed)
         new_slots = {k: getattr(new_state, _FIELDS[k]) for k in slots}
         return new_params, new_slots, new_state.iterations
