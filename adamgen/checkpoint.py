@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -55,13 +55,17 @@ def save(path, state: AdamState) -> Path:
             meta["dtypes"][key] = arr.dtype.name
             arrays[key] = arr.view(_BITS[arr.dtype.name][0]) if arr.dtype.name in _BITS else arr
     arrays["meta"] = np.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A fresh name beside the target (created, not opened over: the umask's mode, as the file
+    # itself would get), flushed to disk before it replaces the old checkpoint.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -71,12 +75,19 @@ def load(path, params) -> AdamState:
     `opt.restore(state, params)`, which checks it against the optimizer and puts it in its form."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it holds one array, not an .npz archive")
+        with loaded as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
             data = {key: z[key] for key in z.files}
-    except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError) as err:
+        wanted = ["iterations"] + [f"{f}/{i}" for f in meta["fields"] for i in range(len(meta["paths"]))]
+        missing = [key for key in wanted if key not in data]
+        if missing:
+            raise ValueError(f"the arrays {missing[:3]} are missing")
+    except (zipfile.BadZipFile, KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not an adamgen checkpoint: {err}") from None
     with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [jax.tree_util.keystr(p) for p, _ in with_path]

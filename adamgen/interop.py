@@ -45,6 +45,9 @@ def _keras_leaves(optimizer, variables):
     for v in leaves:
         if not isinstance(v, keras.Variable):
             raise TypeError(f"variables must be a pytree of keras.Variable, found {type(v).__name__}")
+        if getattr(v, "overwrite_with_gradient", False):
+            raise ValueError(f"variable {v.path!r} is overwrite_with_gradient: Keras keeps no Adam slots for it, "
+                             "and adamgen has no such variables")
         try:
             index.append(optimizer._get_variable_index(v))
         except KeyError:

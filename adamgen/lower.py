@@ -45,13 +45,14 @@ def variant(dtype: str, norm_dtype: str | None = None) -> str:
 
 
 def parse_variant(name: str) -> tuple[str, str]:
-    """variant() inverted: (param dtype, global norm dtype)."""
+    """variant() inverted: (param dtype, global norm dtype). The only other norm dtype there is
+    is f32 (what Keras promotes a tree of several dtypes to), for a param dtype that is not."""
     dtype, sep, norm = name.partition("_")
     if not sep:
         return dtype, dtype
-    if not norm.endswith("norm"):
-        raise ValueError(f"module variant {name!r} is not DTYPE or DTYPE_<dtype>norm")
-    return dtype, norm.removesuffix("norm")
+    if norm != "f32norm" or dtype not in ("f16", "bf16"):
+        raise ValueError(f"module variant {name!r}: allowed are a param dtype, 'f16_f32norm' and 'bf16_f32norm'")
+    return dtype, "f32"
 
 
 def module_variant(module: Module) -> str:
@@ -73,7 +74,7 @@ class _Ctx:
     d: str          # param dtype
     step: Node      # raw counter k, i32
     runtime: dict[str, Node]  # runtime f32 scalar inputs by name (callable hyper-parameters)
-    norm: str = ""  # the global norm's dtype (D unless the tree has several param dtypes)
+    norm: str       # the global norm's dtype (D unless the tree has several param dtypes)
 
     def c(self, value) -> Node:
         """A Python number as Keras makes it: float32 first, then the param dtype."""

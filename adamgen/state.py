@@ -74,8 +74,8 @@ def checked_leaves(state: "AdamState", params, slots: tuple[str, ...]) -> tuple[
         value = getattr(state, field)
         if field not in wanted:
             if value is not None:
-                raise ValueError(f"state.{field} is set, but this optimizer keeps none (it was made with "
-                                 f"{FIELD_OPTION[field]}); drop it with state.replace({field}=None)")
+                raise ValueError(f"state.{field} is set, but this optimizer keeps none (only one made with "
+                                 f"{FIELD_OPTION[field]} does); drop it with state.replace({field}=None)")
             continue
         if value is None:
             raise ValueError(f"state.{field} is None, but this optimizer keeps it "
@@ -89,7 +89,8 @@ def _slot_leaves(field: str, value, with_path: list, treedef) -> list[np.ndarray
     try:
         leaves = treedef.flatten_up_to(tree)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"state.{field} does not have the params' tree structure {treedef}: {err}") from None
+        detail = str(err) if len(str(err)) <= 300 else str(err)[:300] + " ..."
+        raise ValueError(f"state.{field} does not have the params' tree structure: {detail}") from None
     out = []
     for (path, param), leaf in zip(with_path, leaves):
         arr = np.asarray(jax.device_get(leaf))

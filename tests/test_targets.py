@@ -186,20 +186,34 @@ def test_cpu_target_matches_oracle(config):
 
 
 @pytest.mark.parametrize("n", [1, 2, 33, 70, 1000])
-def test_jax_global_sum_adds_in_tensor_order(n):
-    # The global norm adds the per-tensor sums sequentially (semantics doc, rule 4). The values
-    # mix magnitudes so that any reordering (pairwise, tree) rounds differently.
-    from adamgen.backends.jax import _sequential_sum
+def test_global_sum_is_xlas_sum_of_the_stacked_values(n):
+    """Keras adds the per-tensor sums as ops.sum(ops.stack(...)): XLA's order, in sequence up to
+    32 values and in windows of 32 beyond. The JAX rule (inside a jit, where the values are
+    computed in the same program, which XLA would otherwise fuse into the sum and reorder) and the
+    interpreter give XLA's eager sum bit for bit. The values mix magnitudes so that another order
+    (in sequence throughout) rounds differently."""
+    import jax
     import jax.numpy as jnp
+
+    from adamgen import xla_cpu
+    from adamgen.backends.jax import _global_sum
+    from adamgen.ir.builder import Builder
+    from adamgen.ir.interp import run_function as interp_function
+    from adamgen.ir.node import Function
+
     rng = np.random.default_rng(n)
-    values = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, n)).astype(np.float32)
-    expected = values[0]
+    values = (rng.standard_normal(n) ** 2 * 10.0 ** rng.integers(-6, 6, n)).astype(np.float32)
+    want = np.float32(xla_cpu.sum_f32(values))
+    in_jit = jax.jit(lambda vs: _global_sum(jnp.stack([v * 1 for v in vs]), len(vs), np.float32))
+    assert np.float32(in_jit([jnp.asarray(v) for v in values])).tobytes() == want.tobytes()
+    b = Builder()
+    fn = Function("total", (b.input("x", "f32", "T"),), (("total", b.global_sum(b.inputs[0])),), (("kind", "scalar"),))
+    assert np.float32(interp_function(fn, {"x": values}, n)["total"]).tobytes() == want.tobytes()
+    in_order = values[0]
     for v in values[1:]:
-        expected = np.float32(expected + v)
-    got = _sequential_sum(jnp.asarray(values), n, np.float32)
-    assert np.asarray(got).tobytes() == np.float32(expected).tobytes()
-    if n == 1000:  # the data can tell the orders apart: numpy's pairwise sum rounds differently
-        assert np.float32(np.sum(values, dtype=np.float32)) != expected
+        in_order = np.float32(in_order + v)
+    if n == 1000:  # the data tell the orders apart
+        assert in_order != want
 
 
 MIXED = {"f32+bf16": ("f32", "bf16", "f32", "bf16"), "f16+bf16": ("f16", "bf16", "bf16"),
@@ -262,3 +276,37 @@ func @total(%x0: f32[T]) attributes {kind = "scalar"} {
     assert [float(o["total"]) for o in out] == [1e8, 1e8]
     grouped = np.float32(5) + np.float32(1e8)
     assert grouped != np.float32(1e8), "the values no longer tell the two orders apart"
+
+
+@pytest.mark.parametrize("n", [33, 300])
+def test_cpu_global_clipnorm_over_many_tensors_matches_the_oracle_exactly(n):
+    """More than 32 tensors: the total of their sums is XLA's windowed sum, as in Keras (the
+    oracle). The tensors have fewer elements than the host reduction's 16 summing lanes, so
+    their own sums are in order on both sides too, and the whole step is exact."""
+    rng = np.random.default_rng(n)
+    params = [(rng.standard_normal(int(rng.integers(1, 16))) * 10.0 ** rng.integers(-3, 3)).astype(np.float32)
+              for _ in range(n)]
+    grads = [[(rng.standard_normal(p.shape) * 10.0 ** rng.integers(-3, 3)).astype(np.float32) for p in params]
+             for _ in range(2)]
+    spec = adamgen.AdamSpec(global_clipnorm=1.0, learning_rate=0.1)
+    want, _ = oracle_run(spec, [p.copy() for p in params], grads)
+    opt = adamgen.build(spec, target="cpu")
+    p = [x.copy() for x in params]
+    state = opt.init(p)
+    for g in grads:
+        p, state = opt.apply(g, state, p)
+    _compare(p, want, True, None, "cpu param")
+
+
+def test_module_variants_name_only_the_f32_norm_of_a_half_precision_group():
+    from adamgen.lower import norm_dtype_for, parse_variant, variant
+
+    assert [variant("bf16", "f32"), variant("f32", "f32"), variant("f16")] == ["bf16_f32norm", "f32", "f16"]
+    assert parse_variant("bf16_f32norm") == ("bf16", "f32") and parse_variant("f16") == ("f16", "f16")
+    for bad in ["f32_f32norm", "bf16_f16norm", "f32_bf16norm", "bf16_f32"]:
+        with pytest.raises(ValueError, match="allowed are a param dtype, 'f16_f32norm' and 'bf16_f32norm'"):
+            parse_variant(bad)
+    glob, per = adamgen.AdamSpec(global_clipnorm=1.0), adamgen.AdamSpec(clipnorm=1.0)
+    assert norm_dtype_for(glob, ["f32", "bf16"]) == "f32" and norm_dtype_for(glob, ["bf16", "bf16"]) is None
+    assert norm_dtype_for(per, ["f32", "bf16"]) is None
+    assert norm_dtype_for(adamgen.AdamSpec(global_clipnorm=0.0), ["f32", "bf16"]) is None  # clipping off

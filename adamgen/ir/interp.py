@@ -61,7 +61,7 @@ NUMPY_IMPL: dict[Op, Callable] = {
     Op.NE: _binary(np.not_equal),
     Op.SELECT: _select,
     Op.REDUCE_SUM: _reduce_sum,
-    Op.GLOBAL_SUM: None,  # sequential over tensors; handled in _eval_node
+    Op.GLOBAL_SUM: None,  # XLA's sum of the stacked values; handled in _eval_node
     Op.INPUT: None,       # bound from the caller's inputs
     Op.CONST: None,       # its attribute
 }
@@ -75,10 +75,11 @@ def _eval_node(node: Node, args: list[Value], n_tensors: int) -> Value:
     if node.op is Op.CONST:
         return node.attr("value")
     if node.op is Op.GLOBAL_SUM:
-        total = args[0][0] if n_tensors else numpy_dtype(node.dtype).type(0)
-        for i in range(1, n_tensors):
-            total = total + args[0][i]
-        return np.asarray(total).astype(numpy_dtype(node.dtype))[()]
+        # Keras' ops.sum(ops.stack(...)): XLA's order (in sequence up to 32 values, windows of 32
+        # beyond), accumulated in float32 and rounded once to the dtype.
+        if not n_tensors:
+            return numpy_dtype(node.dtype).type(0)
+        return np.asarray(xla_cpu.sum_f32(np.asarray(args[0], np.float32))).astype(numpy_dtype(node.dtype))[()]
     impl = NUMPY_IMPL[node.op]
     shapes = [o.shape for o in node.operands]
     if node.op is Op.REDUCE_SUM:

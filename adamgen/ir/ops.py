@@ -9,7 +9,8 @@ Text form of each op (see `adamgen.ir.printer`):
   %x = <compare> %a, %b : bool[...]   lt le eq ne
   %x = select %c, %a, %b : T          c ? a : b, elementwise
   %x = reduce_sum %a : f32[T]         per-tensor sum (accumulates in f32, rounds once)
-  %x = global_sum %a : f32            sequential sum of per-tensor values, in the dtype
+  %x = global_sum %a : f32            sum of the per-tensor values of the whole tree as XLA adds a
+                                       stacked vector (Keras' ops.sum(ops.stack)), f32, rounded once
 """
 from __future__ import annotations
 
