@@ -138,8 +138,9 @@ def emit(stage_name: str, spec, target: str, dtype: str) -> str:
     from adamgen.ir.printer import print_module
 
     stage = EMIT_NAMES[stage_name]
-    if stage is Stage.SPEC:
-        return json.dumps(spec.get_config(), indent=2) + "\n"
+    if stage is Stage.SPEC:  # Keras' get_config, and the adamgen keyword it has no key for
+        extra = {"exclude_from_weight_decay": list(spec.exclude_from_weight_decay)} if spec.exclude_from_weight_decay else {}
+        return json.dumps({**spec.get_config(), **extra}, indent=2) + "\n"
     compiled = compile_spec(spec, dtype, verify=True)
     if stage is Stage.IR:
         return print_module(compiled.ir)

@@ -14,6 +14,8 @@ Keras' slots are read from the attributes its Adam builds (checked against keras
 """
 from __future__ import annotations
 
+import warnings
+
 import jax
 import numpy as np
 
@@ -65,6 +67,11 @@ def from_keras(optimizer, variables=None) -> AdamState:
     shaped like `variables` (a pytree of the Keras variables it was built on; default: the list
     of them in the optimizer's order). Pass it to `opt.restore(state, params)`."""
     leaves, treedef, index = _keras_leaves(optimizer, variables)
+    if getattr(optimizer, "_exclude_from_weight_decay", None) or \
+            getattr(optimizer, "_exclude_from_weight_decay_pattern", None) is not None:
+        warnings.warn("the Keras optimizer excludes variables from weight decay, which its get_config() does not "
+                      "carry: give the AdamSpec exclude_from_weight_decay=[...] (names) for the same exclusions",
+                      UserWarning, stacklevel=2)
     fields = {}
     for field in _kept(optimizer):
         slot = getattr(optimizer, KERAS_SLOTS[field][0])

@@ -5,6 +5,7 @@ module does the pytree bookkeeping, evaluates host-side callables, and builds Ad
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Protocol
 
 import jax
@@ -41,9 +42,10 @@ def runtime_scalars(spec, step: int | None = None,
 
 
 def leaf_name(path) -> str:
-    """A pytree leaf's name for exclude_from_weight_decay: its key path joined by "/" (as Keras'
-    variable.path), e.g. "dense/bias" or "layers/0/kernel"."""
-    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+    """A pytree leaf's name for exclude_from_weight_decay, as Keras' variable.name (which its
+    var_names are searched in): the last key of its path, "bias" for {"dense": {"bias": x}},
+    "0" for a list's first leaf, "" for a bare array."""
+    return jax.tree_util.keystr(tuple(path[-1:]), simple=True, separator="/")
 
 
 class Optimizer:
@@ -137,6 +139,11 @@ class Optimizer:
         if mask is None:
             with_path, _ = jax.tree_util.tree_flatten_with_path(params)
             mask = np.array([self.spec.uses_weight_decay(leaf_name(path)) for path, _ in with_path], np.float32)
+            if len(with_path) == 1 and not with_path[0][0]:
+                warnings.warn(f"exclude_from_weight_decay={list(self.spec.exclude_from_weight_decay)}: the params "
+                              "are one bare array (e.g. adamgen.flat.ravel), named \"\", so all of it is "
+                              f"{'decayed' if mask[0] else 'excluded'}; keep excluded params in leaves of their own",
+                              UserWarning, stacklevel=3)
             self._decay_masks[treedef] = mask
         return mask
 

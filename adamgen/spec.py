@@ -99,7 +99,7 @@ class AdamSpec:
         kw["amsgrad"], kw["use_ema"] = bool(kw["amsgrad"]), bool(kw["use_ema"])
         key = tuple((k, type(raw_flags.get(k, v)), raw_flags.get(k, v)) for k, v in kw.items()) + (exclude,)
         # Keras joins the names into one pattern and re.searches it in each variable's name.
-        pattern = re.compile("|".join(dict.fromkeys(exclude))) if exclude else None
+        pattern = re.compile("|".join(exclude)) if exclude else None
         for slot, value in (("_kw", kw), ("_raw_flags", raw_flags), ("_lr_kind", lr_kind), ("_lr_arity", lr_arity),
                             ("_key", key), ("_exclude", exclude), ("_exclude_re", pattern)):
             object.__setattr__(self, slot, value)
@@ -175,8 +175,8 @@ class AdamSpec:
 
     def uses_weight_decay(self, name: str) -> bool:
         """Whether the param called `name` is decayed: Keras' `_use_weight_decay` for var_names
-        (the joined names re.searched in the name; adamgen names a pytree leaf by its path,
-        e.g. "dense/bias"). Always False without weight_decay."""
+        (the joined names re.searched in the variable's name; a pytree leaf's name is its last
+        path key, "bias" for "dense/bias", see runtime.leaf_name). False without weight_decay."""
         if self._kw["weight_decay"] is None:
             return False
         return self._exclude_re is None or self._exclude_re.search(name) is None

@@ -145,7 +145,11 @@ def warn_nonsense(kw: dict[str, Any]) -> None:
 
 
 def exclusions(names: Any) -> tuple[str, ...]:
-    """`exclude_from_weight_decay`: a list of regular expressions (Keras' var_names)."""
+    """`exclude_from_weight_decay`: a list of regular expressions (Keras' var_names; None: none),
+    as a sorted tuple without repeats (Keras joins them from a set: order and repeats do not
+    matter, so equal exclusions make equal specs)."""
+    if names is None:
+        return ()
     if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
         raise ValueError("`exclude_from_weight_decay` must be a list of names (regular expressions), "
                          f"e.g. ['bias', 'norm']. Received: {names!r}")
@@ -156,7 +160,13 @@ def exclusions(names: Any) -> tuple[str, ...]:
             re.compile(name)
         except re.error as err:
             raise ValueError(f"`exclude_from_weight_decay` entry {name!r} is not a regular expression: {err}") from None
-    return tuple(names)
+    unique = tuple(sorted(set(names)))
+    try:  # what Keras compiles: valid names can still clash joined (inline flags, group names)
+        re.compile("|".join(unique))
+    except re.error as err:
+        raise ValueError(f"`exclude_from_weight_decay` names {list(unique)} do not join into one regular "
+                         f"expression (Keras joins them with '|'): {err}") from None
+    return unique
 
 
 def warn(message: str, depth: int = 2) -> None:
