@@ -22,6 +22,10 @@ SNAPSHOTS: dict[str, list[str]] = {
     "adam_full_cpu": [*FULL, "--target", "cpu"],
     "adam_amsgrad_cuda": ["--amsgrad", "--target", "cuda"],
     "adam_full_cuda": [*FULL, "--target", "cuda"],
+    # A tree of f32 and bf16 under one global norm (the bf16_f32norm variant) with biases
+    # excluded from weight decay (the per-tensor flag).
+    "adam_mixed_cpu": ["--global-clipnorm", "1.0", "--weight-decay", "0.01", "--exclude-from-weight-decay", "bias",
+                       "--beta-2", "0.99", "--dtype", "f32", "--dtype", "bf16", "--target", "cpu"],
 }
 # Machine-specific outputs of native builds: not checked in, not diffed (see aot.py).
 MACHINE_SPECIFIC = ("build.json", ".so")
