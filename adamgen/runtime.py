@@ -38,7 +38,15 @@ def runtime_scalars(spec, step: int | None = None,
                     callables: tuple[tuple[str, Callable], ...] | None = None) -> dict[str, np.float32]:
     """Host-side values of callable hyper-parameters for this call (Keras calls them each use)."""
     pairs = host_callables(spec) if callables is None else callables
-    return {key: np.float32(fn()) for key, fn in pairs}
+    return {key: _f32(fn()) for key, fn in pairs}
+
+
+def _f32(value):
+    """A callable's value as a float32 scalar: NumPy for host numbers; a JAX array stays one (a
+    value computed in the caller's jit, such as a Keras learning-rate variable read in a train step)."""
+    if isinstance(value, jax.Array):
+        return value.astype(np.float32)
+    return np.float32(value)
 
 
 def leaf_name(path) -> str:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from adamgen.dtypes import ir_dtype, numpy_dtype
 from adamgen import ffi, toolchain
 from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise, render_reduce
-from adamgen.backends.jax import Group, JaxExecutor, run_groups, step_inputs
+from adamgen.backends.jax import Group, JaxExecutor, _group_by_dtype, run_groups, step_inputs
 from adamgen.ir.node import Module
 from adamgen.lower import module_variant
 from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
@@ -91,19 +91,33 @@ class NativeExecutor(JaxExecutor):
         self.caps = caps or CAPABILITIES[target]
         self._binaries = dict(binaries or {})
         self.kernels: dict[str, dict[str, tuple[NativeKernel, ffi.Kernel]]] = {}
+        self._per_tensor: dict[str, dict[str, tuple[NativeKernel, ffi.Kernel]]] = {}
         self._jitted_packed = jax.jit(self._step_packed, donate_argnums=(0, 2))
 
     def module(self, dtype: str) -> Module:
         module = super().module(dtype)
         if dtype not in self.kernels:
-            natives = {name: kernel_for(module, dtype, self.caps, name) for name in native_kernel_names(module)}
-            missing = [name for name in natives if f"{name}.{dtype}" not in self._binaries]
-            compiled = dict(zip(missing, toolchain.compile_all([natives[n].source for n in missing],
-                                                               self.caps.platform)))
-            self.kernels[dtype] = {
-                name: (native, self._register(native, self._binaries.get(f"{name}.{dtype}") or compiled[name]))
-                for name, native in natives.items()}
+            self.kernels[dtype] = self._build_kernels(module, dtype, self.caps, self._binaries)
         return module
+
+    def _build_kernels(self, module: Module, key: str, caps: Capabilities, binaries: dict[str, Path]) -> dict:
+        """kernel name -> (rendered kernel, registered FFI kernel), compiling what `binaries` lacks."""
+        natives = {name: kernel_for(module, key, caps, name) for name in native_kernel_names(module)}
+        missing = [name for name in natives if f"{name}.{key}" not in binaries]
+        compiled = dict(zip(missing, toolchain.compile_all([natives[n].source for n in missing], caps.platform)))
+        return {name: (native, self._register(native, binaries.get(f"{name}.{key}") or compiled[name]))
+                for name, native in natives.items()}
+
+    def per_tensor_kernels(self, key: str) -> dict:
+        """The kernels for slots passed as one array per param (a params-shaped state, e.g.
+        `state.unpacked()` or Keras' own slot variables): the target's own when it does not
+        pack, else the same kernels rendered for per-tensor slots, compiled on first use."""
+        module = self.module(key)
+        if not self.caps.packed_slots:
+            return self.kernels[key]
+        if key not in self._per_tensor:
+            self._per_tensor[key] = self._build_kernels(module, key, replace(self.caps, packed_slots=False), {})
+        return self._per_tensor[key]
 
     def _register(self, native: NativeKernel, lib: Path) -> ffi.Kernel:
         platform = self.caps.platform
@@ -133,6 +147,8 @@ class NativeExecutor(JaxExecutor):
     def step(self, params: list, grads: list, slots: dict, step, runtime: dict):
         self._check_device(params[0])
         if not any(isinstance(v, Packed) for v in slots.values()):
+            for key in self.variants(_group_by_dtype(params)).values():
+                self.per_tensor_kernels(key)  # compiled here, not while tracing
             return super().step(params, grads, slots, step, runtime)
         layout = next(v.layout for v in slots.values())
         if len(params) != len(layout.shapes):  # sizes are checked by the kernel, groups by the runner
@@ -165,7 +181,8 @@ class NativeExecutor(JaxExecutor):
             packed = {k: SlabGroups(tuple(v.slabs[g] for g in slab_ids[-1])) for k, v in slots.items()}
             inputs = step_inputs(self.spec, step, runtime, [params[i] for i in idx], [grads[i] for i in idx], packed,
                                  tuple(idx))
-            groups.append(Group(self._modules[names[dtype]], inputs, tuple(idx), self._runner_for(names[dtype])))
+            groups.append(Group(self._modules[names[dtype]], inputs, tuple(idx),
+                                self._runner_for(names[dtype], packed=True)))
         for idx, gids, out in zip(by_dtype.values(), slab_ids, run_groups(groups)):
             new_step = out["step"]
             for j, i in enumerate(idx):
@@ -175,8 +192,10 @@ class NativeExecutor(JaxExecutor):
                     new_slabs[k][g] = slab
         return new_params, {k: Packed(tuple(v), layout) for k, v in new_slabs.items()}, new_step
 
-    def _runner_for(self, dtype: str):
-        kernels = self.kernels[dtype]
+    def _runner_for(self, dtype: str, packed: bool = False):
+        """The kernels of module `dtype` as a KernelRunner: for packed slots, or per tensor (the
+        executor's unpacked path, which JaxExecutor._step takes)."""
+        kernels = self.kernels[dtype] if packed else self.per_tensor_kernels(dtype)
         step = self.caps.tensors_per_call
 
         def run(fn, env, n_tensors):

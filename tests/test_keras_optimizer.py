@@ -1,0 +1,128 @@
+"""adamgen.keras_optimizer.Adam: a keras.optimizers.Adam whose apply is adamgen's fused step,
+against real Keras eagerly (bit for bit on the cpu target) and in model.fit."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from tests import keras_ref  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+import keras
+
+from adamgen.keras_optimizer import Adam
+
+FULL = dict(learning_rate=0.01, amsgrad=True, weight_decay=0.01, use_ema=True, ema_overwrite_frequency=3,
+            gradient_accumulation_steps=2, loss_scale_factor=4.0, clipvalue=0.5)
+# Norm clipping: the cpu target's sums of squares add in another order than XLA's (one ulp).
+CLIPNORM = dict(learning_rate=keras.optimizers.schedules.CosineDecay(0.01, 10), global_clipnorm=1.0,
+                weight_decay=0.02, beta_2=0.99)
+
+
+def _variables(params):
+    return [keras.Variable(p, name=n) for p, n in zip(params, ["kernel", "bias", "scale"])]
+
+
+def _params(rng):
+    return [rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32),
+            rng.standard_normal(()).astype(np.float32)]
+
+
+def _slots(opt):
+    return [np.asarray(v.value) for v in opt.variables]
+
+
+@pytest.mark.parametrize("target", ["jax", "cpu"])
+@pytest.mark.parametrize("kw", [FULL, CLIPNORM], ids=["full", "schedule-global-clipnorm"])
+def test_eager_apply_is_kerass_own(target, kw):
+    """Seven eager applies with exclusions by name: every variable of the optimizer (counter,
+    learning rate, slots, EMA, accumulators) and every param as Keras has them; bit for bit on
+    the cpu target without norm clipping (the oracle's arithmetic), else within a few ulp (XLA
+    contracts into FMAs on jax; sums of squares in another order on cpu)."""
+    rng = np.random.default_rng(0)
+    params = _params(rng)
+    ours, ref = Adam(**kw, target=target), keras.optimizers.Adam(**kw)
+    for opt in (ours, ref):
+        opt.exclude_from_weight_decay(var_names=["bias"])
+    va, vb = _variables(params), _variables(params)
+    for _ in range(7):
+        g = [(rng.standard_normal(p.shape) * 3).astype(np.float32) for p in params]
+        ours.apply(g, va)
+        ref.apply(g, vb)
+    assert ours.fused_applies == 7
+    got, want = [np.asarray(v.value) for v in va] + _slots(ours), [np.asarray(v.value) for v in vb] + _slots(ref)
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        if target == "cpu" and kw is FULL:
+            np.testing.assert_array_equal(a, b, err_msg=f"value {i}")
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=f"value {i}")
+
+
+def _model(seed):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+
+
+@pytest.mark.parametrize("target", ["jax", "cpu"])
+def test_model_fit_trains_as_keras_adam_does(target):
+    """model.fit (Keras' jitted train step, stateless_apply) with the fused step and with Keras'
+    Adam from the same weights: the same weights after two epochs, EMA finalized at the end."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((64, 5)).astype(np.float32), rng.standard_normal((64, 1)).astype(np.float32)
+    kw = dict(FULL, loss_scale_factor=None)
+    results = []
+    for opt in (Adam(**kw, target=target), keras.optimizers.Adam(**kw)):
+        model = _model(2)
+        model.compile(optimizer=opt, loss="mse")
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        results.append(model.get_weights())
+        if isinstance(opt, Adam):
+            assert opt.fused_applies >= 1, "the fused step never ran"
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_learning_rate_stays_a_keras_variable():
+    """Changing optimizer.learning_rate between fits takes effect, as in Keras: at 0 (and no
+    weight decay) a further epoch leaves the weights where they are."""
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((32, 5)).astype(np.float32), rng.standard_normal((32, 1)).astype(np.float32)
+    opt = Adam(learning_rate=0.05, target="cpu")
+    model = _model(3)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    before = model.get_weights()
+    opt.learning_rate = 0.0
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    opt.learning_rate = 0.05
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), before))
+
+
+def test_a_missing_gradient_takes_kerass_own_apply():
+    rng = np.random.default_rng(3)
+    params = _params(rng)
+    ours, ref = Adam(learning_rate=0.1, target="cpu"), keras.optimizers.Adam(learning_rate=0.1)
+    va, vb = _variables(params), _variables(params)
+    g = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+    ours.apply(g, va)
+    ref.apply(g, vb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours.apply([g[0], None, g[2]], va)
+        ref.apply([g[0], None, g[2]], vb)
+    assert ours.fused_applies == 1
+    for a, b in zip(va + list(ours.variables), vb + list(ref.variables)):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+
+
+def test_config_round_trips_with_its_target():
+    opt = Adam(learning_rate=0.002, amsgrad=True, target="cpu")
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert type(again) is Adam and again.target == "cpu" and again.amsgrad
+    assert again.get_config() == opt.get_config()
+    with pytest.raises(ValueError, match=r"target must be one of \('jax', 'cpu'\)"):
+        Adam(target="cuda")
