@@ -278,3 +278,17 @@ def test_optax_adam_state_carries_over():
     _assert_same(restored.velocities.unpack(), adam.nu)
     with pytest.raises(ValueError, match="exactly one optax.ScaleByAdamState, found 0"):
         interop.from_optax(optax.sgd(0.1).init(params))
+
+
+def test_a_params_shaped_state_runs_on_a_packing_target():
+    """The cpu target packs its slots, and a params-shaped state (state.unpacked(), or Keras'
+    own slot variables) still runs there, on kernels for per-tensor slots, with the same numbers."""
+    rng = np.random.default_rng(10)
+    params = _tree(rng)
+    grads = _grads(rng, params, 3)
+    opt = adamgen.build(adamgen.AdamSpec(**FULL), target="cpu")
+    p, s = _run(opt, _on("cpu", params), opt.init(_on("cpu", params)), grads)
+    q = _on("cpu", params)
+    q, t = _run(opt, q, opt.init(q).unpacked(), grads)
+    assert not isinstance(t.momentums, Packed)
+    _assert_same((q, t), (p, s.unpacked()))
