@@ -8,7 +8,7 @@ It is a `keras.optimizers.Adam` (same constructor, variables, config, checkpoint
 finalization, `exclude_from_weight_decay`), whose `apply` runs one adamgen step over all the
 variables at once instead of Keras' per-variable ops: the same arithmetic (Keras' semantics,
 the spec built from the optimizer's own options), one fused computation (`target="jax"`) or
-native multi-tensor kernels (`target="cpu"`). It works eagerly and inside Keras' jitted train
+native multi-tensor kernels (`target="cpu"` or `"cuda"`). It works eagerly and inside Keras' jitted train
 step (`stateless_apply`). The learning rate stays Keras': its variable, schedule or callable is
 read on every step, so changing `optimizer.learning_rate` takes effect as it does in Keras.
 
@@ -33,7 +33,7 @@ from adamgen.state import AdamState  # noqa: E402
 SPEC_ATTRS = ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay", "clipnorm", "clipvalue",
               "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
               "gradient_accumulation_steps", "name")
-FUSED_TARGETS = ("jax", "cpu")
+FUSED_TARGETS = ("jax", "cpu", "cuda")
 # AdamState field -> the Keras attribute holding that slot per variable, in build order.
 SLOT_ATTRS = {"momentums": "_momentums", "velocities": "_velocities", "velocity_hats": "_velocity_hats",
               "averages": "_model_variables_moving_average", "accumulators": "_accumulated_gradients"}
@@ -42,11 +42,15 @@ SLOT_ATTRS = {"momentums": "_momentums", "velocities": "_velocities", "velocity_
 @keras.saving.register_keras_serializable(package="adamgen")
 class Adam(keras.optimizers.Adam):
     """keras.optimizers.Adam whose `apply` is adamgen's fused step (see the module docstring);
-    `target`: "jax" (one fused XLA computation) or "cpu" (native kernels)."""
+    `target`: "jax" (one fused XLA computation), "cpu" or "cuda" (native kernels; cuda wants the
+    model's variables on an NVIDIA GPU, and says so when JAX has none)."""
 
     def __init__(self, *args, target: str = "jax", **kwargs) -> None:
         if target not in FUSED_TARGETS:
             raise ValueError(f"target must be one of {FUSED_TARGETS}, got {target!r}")
+        if target == "cuda":
+            from adamgen.backends.native import _check_platform
+            _check_platform(target)  # before training starts, not at its first step
         super().__init__(*args, **kwargs)
         self.target = target
         self.fused_applies = 0

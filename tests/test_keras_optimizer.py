@@ -65,7 +65,7 @@ def _model(seed):
 
 
 @pytest.mark.parametrize("target", ["jax", "cpu"])
-def test_model_fit_trains_as_keras_adam_does(target):
+def test_model_fit_trains_as_keras_adam_does(target):  # cuda: below, where a GPU is lent
     """model.fit (Keras' jitted train step, stateless_apply) with the fused step and with Keras'
     Adam from the same weights: the same weights after two epochs, EMA finalized at the end."""
     rng = np.random.default_rng(1)
@@ -124,5 +124,19 @@ def test_config_round_trips_with_its_target():
     again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
     assert type(again) is Adam and again.target == "cpu" and again.amsgrad
     assert again.get_config() == opt.get_config()
-    with pytest.raises(ValueError, match=r"target must be one of \('jax', 'cpu'\)"):
+    with pytest.raises(ValueError, match=r"target must be one of \('jax', 'cpu', 'cuda'\)"):
+        Adam(target="numpy")
+
+
+GPU = any(d.platform == "gpu" for d in __import__("jax").devices())
+
+
+@pytest.mark.skipif(GPU, reason="checks the message given where JAX has no GPU")
+def test_cuda_target_without_a_gpu_says_so_at_construction():
+    with pytest.raises(RuntimeError, match="the cuda target runs on an NVIDIA GPU visible to JAX"):
         Adam(target="cuda")
+
+
+@pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU visible to JAX (runs where the device tool lends one)")
+def test_cuda_target_model_fit_trains_as_keras_adam_does():
+    test_model_fit_trains_as_keras_adam_does("cuda")
