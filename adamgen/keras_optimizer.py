@@ -14,11 +14,17 @@ read on every step, so changing `optimizer.learning_rate` takes effect as it doe
 
 Cases the fused step does not express run Keras' own `apply` instead, with the same result:
 a `None` gradient (Keras skips that variable), variables excluded from weight decay by object
-(`var_list`), or variables with `overwrite_with_gradient`. `fused_applies` counts the calls
-that took the fused step (traced calls included).
+(`var_list`), variables with `overwrite_with_gradient`, `beta_1`/`beta_2`/`epsilon` that are not
+Python numbers (tensors), an apply over some of the variables with `use_ema` (Keras' EMA covers
+all of them), and gradients whose dtype is not their variable's under norm clipping or a loss
+scale (Keras divides and clips those in the gradient's dtype; adamgen casts first, as Keras'
+`update_step` does). `fused_applies` counts the calls that took the fused step (traced calls
+included). A callable learning rate's value is taken as float32 (Keras casts a Python float
+straight to a float16 variable's dtype: one rounding fewer).
 """
 from __future__ import annotations
 
+import numbers
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -95,8 +101,17 @@ class Adam(keras.optimizers.Adam):
         return variables
 
     def _fusable(self, grads, variables) -> bool:
-        return (all(g is not None for g in grads) and not getattr(self, "_exclude_from_weight_decay", None)
-                and not any(getattr(v, "overwrite_with_gradient", False) for v in variables))
+        """Whether the fused step computes exactly what Keras' apply would (see the module doc)."""
+        if any(g is None for g in grads) or getattr(self, "_exclude_from_weight_decay", None):
+            return False
+        if any(getattr(v, "overwrite_with_gradient", False) for v in variables):
+            return False
+        if not all(isinstance(getattr(self, k), numbers.Real) for k in ("beta_1", "beta_2", "epsilon")):
+            return False
+        if self.use_ema and [id(v) for v in variables] != [id(v) for v in self._trainable_variables]:
+            return False
+        in_grad_dtype = self.loss_scale_factor is not None or bool(self.clipnorm or self.global_clipnorm)
+        return not (in_grad_dtype and any(str(g.dtype) != str(v.dtype) for g, v in zip(grads, variables)))
 
     def _fused_optimizer(self):
         """The adamgen optimizer for the current options (rebuilt if one of them changed)."""

@@ -140,3 +140,27 @@ def test_cuda_target_without_a_gpu_says_so_at_construction():
 @pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU visible to JAX (runs where the device tool lends one)")
 def test_cuda_target_model_fit_trains_as_keras_adam_does():
     test_model_fit_trains_as_keras_adam_does("cuda")
+
+
+def test_cases_keras_computes_otherwise_take_its_own_apply():
+    """An EMA over variables left out of the call, gradients of another dtype under norm clipping,
+    tensor betas: Keras' own apply runs (fused_applies stays 0) and the results are Keras'."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(4)
+    params = _params(rng)
+    cases = [(dict(use_ema=True), lambda g, v: ([g[0]], [v[0]])),
+             (dict(global_clipnorm=1.0), lambda g, v: ([x.astype(jnp.bfloat16) for x in g], v)),
+             (dict(beta_1=jnp.float32(0.8)), lambda g, v: (g, v))]
+    for kw, pick in cases:
+        ours, ref = Adam(learning_rate=0.1, **kw, target="cpu"), keras.optimizers.Adam(learning_rate=0.1, **kw)
+        va, vb = _variables(params), _variables(params)
+        ours.build(va)
+        ref.build(vb)
+        for _ in range(3):
+            g = [jnp.asarray(rng.standard_normal(p.shape).astype(np.float32)) for p in params]
+            ours.apply(*pick(g, va))
+            ref.apply(*pick(g, vb))
+        assert ours.fused_applies == 0, kw
+        for a, b in zip(va + list(ours.variables), vb + list(ref.variables)):
+            np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value), err_msg=str(kw))

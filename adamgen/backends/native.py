@@ -111,7 +111,9 @@ class NativeExecutor(JaxExecutor):
     def per_tensor_kernels(self, key: str) -> dict:
         """The kernels for slots passed as one array per param (a params-shaped state, e.g.
         `state.unpacked()` or Keras' own slot variables): the target's own when it does not
-        pack, else the same kernels rendered for per-tensor slots, compiled on first use."""
+        pack, else the same kernels rendered for per-tensor slots, compiled on first use (an
+        artifact ships only its packed kernels, so this needs the compiler; `opt.restore`
+        packs a params-shaped state instead)."""
         module = self.module(key)
         if not self.caps.packed_slots:
             return self.kernels[key]
