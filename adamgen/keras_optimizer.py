@@ -55,8 +55,8 @@ class Adam(keras.optimizers.Adam):
         if target not in FUSED_TARGETS:
             raise ValueError(f"target must be one of {FUSED_TARGETS}, got {target!r}")
         if target == "cuda":
-            from adamgen.backends.native import _check_platform
-            _check_platform(target)  # before training starts, not at its first step
+            from adamgen.backends.native import check_platform
+            check_platform(target)  # before training starts, not at its first step
         super().__init__(*args, **kwargs)
         self.target = target
         self.fused_applies = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import jax
 import numpy as np
 import pytest
 
@@ -128,7 +129,7 @@ def test_config_round_trips_with_its_target():
         Adam(target="numpy")
 
 
-GPU = any(d.platform == "gpu" for d in __import__("jax").devices())
+GPU = any(d.platform == "gpu" for d in jax.devices())
 
 
 @pytest.mark.skipif(GPU, reason="checks the message given where JAX has no GPU")

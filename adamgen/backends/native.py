@@ -72,7 +72,7 @@ def render_source(spec, module: Module, target: str) -> str:
                      for name in native_kernel_names(module))
 
 
-def _check_platform(target: str) -> None:
+def check_platform(target: str) -> None:
     if target == "cuda" and not any(d.platform == "gpu" for d in jax.devices()):
         raise RuntimeError("the cuda target runs on an NVIDIA GPU visible to JAX, and none is here "
                            f"(jax.devices() = {jax.devices()}); build artifacts anyway with "
@@ -86,7 +86,7 @@ class NativeExecutor(JaxExecutor):
                  binaries: dict[str, Path] | None = None, caps: Capabilities | None = None) -> None:
         if target not in CAPABILITIES:
             raise ValueError(f"native target must be one of {sorted(CAPABILITIES)}, got {target!r}")
-        _check_platform(target)
+        check_platform(target)
         super().__init__(spec, module_for)
         self.caps = caps or CAPABILITIES[target]
         self._binaries = dict(binaries or {})
