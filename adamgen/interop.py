@@ -62,6 +62,12 @@ def _kept(optimizer) -> list[str]:
             if option is None or getattr(optimizer, option)]
 
 
+def slot_variables(optimizer, index: list[int]) -> dict[str, list]:
+    """AdamState field -> the Keras optimizer's slot variables of the variables at `index`, for
+    every slot its options keep."""
+    return {field: [getattr(optimizer, KERAS_SLOTS[field][0])[i] for i in index] for field in _kept(optimizer)}
+
+
 def from_keras(optimizer, variables=None) -> AdamState:
     """The state of a built `keras.optimizers.Adam` as an AdamState of NumPy arrays, its slots
     shaped like `variables` (a pytree of the Keras variables it was built on; default: the list
@@ -72,10 +78,8 @@ def from_keras(optimizer, variables=None) -> AdamState:
         warnings.warn("the Keras optimizer excludes variables from weight decay, which its get_config() does not "
                       "carry: give the AdamSpec exclude_from_weight_decay=[...] (names) for the same exclusions",
                       UserWarning, stacklevel=2)
-    fields = {}
-    for field in _kept(optimizer):
-        slot = getattr(optimizer, KERAS_SLOTS[field][0])
-        fields[field] = jax.tree_util.tree_unflatten(treedef, [np.array(slot[i].value) for i in index])
+    fields = {field: jax.tree_util.tree_unflatten(treedef, [np.array(v.value) for v in slots])
+              for field, slots in slot_variables(optimizer, index).items()}
     return AdamState(iterations=np.int32(np.asarray(optimizer._iterations.value)), **fields)
 
 
@@ -87,10 +91,9 @@ def to_keras(state: AdamState, optimizer, variables=None) -> None:
     params = jax.tree_util.tree_unflatten(treedef, [v.value for v in leaves])
     k, slot_leaves = checked_leaves(state, params, tuple(FIELD_SLOT[f] for f in _kept(optimizer)))
     optimizer._iterations.assign(k)
-    for field in _kept(optimizer):
-        slot = getattr(optimizer, KERAS_SLOTS[field][0])
-        for i, value in zip(index, slot_leaves[FIELD_SLOT[field]]):
-            slot[i].assign(value)
+    for field, slots in slot_variables(optimizer, index).items():
+        for slot, value in zip(slots, slot_leaves[FIELD_SLOT[field]]):
+            slot.assign(value)
 
 
 def from_optax(opt_state) -> AdamState:

@@ -33,6 +33,7 @@ import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 import adamgen  # noqa: E402
+from adamgen.interop import slot_variables  # noqa: E402
 from adamgen.state import AdamState  # noqa: E402
 
 # Keras Adam attributes that are AdamSpec keywords of the same name.
@@ -40,9 +41,6 @@ SPEC_ATTRS = ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay", "clipnor
               "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
               "gradient_accumulation_steps", "name")
 FUSED_TARGETS = ("jax", "cpu", "cuda")
-# AdamState field -> the Keras attribute holding that slot per variable, in build order.
-SLOT_ATTRS = {"momentums": "_momentums", "velocities": "_velocities", "velocity_hats": "_velocity_hats",
-              "averages": "_model_variables_moving_average", "accumulators": "_accumulated_gradients"}
 
 
 @keras.saving.register_keras_serializable(package="adamgen")
@@ -130,12 +128,7 @@ class Adam(keras.optimizers.Adam):
         return ops.convert_to_tensor(self.learning_rate, "float32")
 
     def _slots(self, variables) -> dict[str, list]:
-        out = {}
-        for field, attr in SLOT_ATTRS.items():
-            slots = getattr(self, attr, None)
-            if slots:
-                out[field] = [slots[self._get_variable_index(v)] for v in variables]
-        return out
+        return slot_variables(self, [self._get_variable_index(v) for v in variables])
 
     def _state(self, variables) -> AdamState:
         fields = {f: [{v.name: s.value} for v, s in zip(variables, slots)] for f, slots in self._slots(variables).items()}

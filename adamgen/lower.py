@@ -76,9 +76,9 @@ class _Ctx:
     runtime: dict[str, Node]  # runtime f32 scalar inputs by name (callable hyper-parameters)
     norm: str       # the global norm's dtype (D unless the tree has several param dtypes)
 
-    def c(self, value) -> Node:
-        """A Python number as Keras makes it: float32 first, then the param dtype."""
-        return self.b.cast(self.b.const(value, "f32"), self.d)
+    def c(self, value, dtype: str | None = None) -> Node:
+        """A Python number as Keras makes it: float32 first, then the param dtype (or `dtype`)."""
+        return self.b.cast(self.b.const(value, "f32"), dtype or self.d)
 
     def scale(self, x: Node, divisor: Node) -> Node:
         """x / divisor (a scalar or per-tensor value), as XLA-CPU computes a tensor divided by a
@@ -212,11 +212,10 @@ def _clip(x: _Ctx, spec, g: Node) -> Node:
     # the norm's dtype G. With several param dtypes in the tree, G = f32: Keras stacks the
     # per-tensor sums (promoted to f32), and g * scale is f32 too, rounded once to D.
     G = x.norm
-    n_c = (lambda v: b.cast(b.const(v, "f32"), G))  # noqa: E731  (as x.c, in G)
     if G != x.d:
         s = b.cast(s, G)
     norm = b.sqrt(b.global_sum(s))
-    scale = b.add(b.mul(n_c(c), b.minimum(b.div(n_c(1), norm), n_c(1.0 / c))), b.sub(norm, norm))
+    scale = b.add(b.mul(x.c(c, G), b.minimum(b.div(x.c(1, G), norm), x.c(1.0 / c, G))), b.sub(norm, norm))
     if G == x.d:
         return b.mul(g, scale)
     return b.cast(b.mul(b.cast(g, G), scale), x.d)

@@ -13,7 +13,7 @@ import numpy as np
 
 from adamgen.dtypes import ir_dtype
 from adamgen.lower import scalar_inputs_for, slots_for
-from adamgen.state import SLOT_TO_FIELD, AdamState, Packed, checked_leaves
+from adamgen.state import SLOT_TO_FIELD, AdamState, Packed, PackedLayout, checked_leaves
 
 
 class Executor(Protocol):
@@ -75,11 +75,7 @@ class Optimizer:
 
     # -- state -----------------------------------------------------------------
     def init(self, params) -> AdamState:
-        leaves, treedef = jax.tree_util.tree_flatten(params)
-        for leaf in leaves:
-            self.spec.check_param_dtype(ir_dtype(leaf.dtype))
-        pack = getattr(self._executor, "packed_layout", None)
-        layout = pack(leaves, treedef) if pack is not None and leaves else None
+        layout = self._layout_for(params)
         if layout is not None:
             zeros = lambda: Packed(tuple(jax.device_put(np.zeros(layout.slab_size(g), layout.dtypes[group[0]]))  # noqa: E731
                                          for g, group in enumerate(layout.groups)), layout)
@@ -95,12 +91,9 @@ class Optimizer:
         (any layout), of NumPy or JAX arrays; every slot, shape and dtype is checked against
         this optimizer's options and the params before anything is copied. The result holds
         fresh arrays (apply donates them; the ones passed in are left as they are)."""
-        leaves, treedef = jax.tree_util.tree_flatten(params)
-        for leaf in leaves:
-            self.spec.check_param_dtype(ir_dtype(leaf.dtype))
+        layout = self._layout_for(params)
         k, slot_leaves = checked_leaves(state, params, self.slots)
-        pack = getattr(self._executor, "packed_layout", None)
-        layout = pack(leaves, treedef) if pack is not None and leaves else None
+        treedef = jax.tree_util.tree_structure(params)
         put = (lambda x: x) if self.target == "numpy" else jax.device_put  # noqa: E731
 
         def form(values: list):
@@ -110,6 +103,15 @@ class Optimizer:
 
         fields = {SLOT_TO_FIELD[s]: form(values) for s, values in slot_leaves.items()}
         return AdamState(iterations=self._counter(int(k)), **fields)
+
+    def _layout_for(self, params) -> PackedLayout | None:
+        """Check the params' dtypes (warning where a hyper-parameter degenerates in one), then
+        the packed layout this target gives their slots (None: one array per param)."""
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        for leaf in leaves:
+            self.spec.check_param_dtype(ir_dtype(leaf.dtype))
+        pack = getattr(self._executor, "packed_layout", None)
+        return pack(leaves, treedef) if pack is not None and leaves else None
 
     def _zeros_like(self, x):
         # Host zeros then one transfer: jnp.zeros would compile one XLA program per distinct
@@ -140,7 +142,7 @@ class Optimizer:
 
     def _decay_mask(self, params, treedef) -> np.ndarray | None:
         """Per leaf, 1.0 where weight decay applies and 0.0 where the spec excludes the leaf by
-        name (its tree path, "dense/bias"); None when nothing is excluded. Cached per tree."""
+        name (leaf_name: its last path key); None when nothing is excluded. Cached per tree."""
         if self.spec.weight_decay is None or not self.spec.exclude_from_weight_decay:
             return None
         mask = self._decay_masks.get(treedef)

@@ -250,8 +250,12 @@ class JaxExecutor:
         if flat_dtype in self.exported:
             return self._run_exported(flat_dtype, params, grads, slots, step, runtime)
         for name in self.variants(groups).values():
-            self.module(name)
+            self._prepare(name)
         return self._jitted(params, grads, slots, step, runtime)
+
+    def _prepare(self, name: str) -> None:
+        """Make module `name` (and what runs it) ready before the step is traced."""
+        self.module(name)
 
     def _runner_for(self, dtype: str) -> KernelRunner | None:
         return None

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from adamgen.dtypes import ir_dtype, numpy_dtype
 from adamgen import ffi, toolchain
 from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise, render_reduce
-from adamgen.backends.jax import Group, JaxExecutor, _group_by_dtype, run_groups, step_inputs
+from adamgen.backends.jax import Group, JaxExecutor, run_groups, step_inputs
 from adamgen.ir.node import Module
 from adamgen.lower import module_variant
 from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
@@ -121,6 +121,9 @@ class NativeExecutor(JaxExecutor):
             self._per_tensor[key] = self._build_kernels(module, key, replace(self.caps, packed_slots=False), {})
         return self._per_tensor[key]
 
+    def _prepare(self, key: str) -> None:
+        self.per_tensor_kernels(key)  # the unpacked path's kernels, compiled here, not while tracing
+
     def _register(self, native: NativeKernel, lib: Path) -> ffi.Kernel:
         platform = self.caps.platform
         name = ffi.target_name(native.ctx, native.source, platform)
@@ -149,9 +152,7 @@ class NativeExecutor(JaxExecutor):
     def step(self, params: list, grads: list, slots: dict, step, runtime: dict):
         self._check_device(params[0])
         if not any(isinstance(v, Packed) for v in slots.values()):
-            for key in self.variants(_group_by_dtype(params)).values():
-                self.per_tensor_kernels(key)  # compiled here, not while tracing
-            return super().step(params, grads, slots, step, runtime)
+            return super().step(params, grads, slots, step, runtime)  # per-tensor slots: see _prepare
         layout = next(v.layout for v in slots.values())
         if len(params) != len(layout.shapes):  # sizes are checked by the kernel, groups by the runner
             raise ValueError(f"the packed state holds {len(layout.shapes)} tensors, params have {len(params)}; "
