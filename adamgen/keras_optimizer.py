@@ -19,8 +19,7 @@ Python numbers (tensors), an apply over some of the variables with `use_ema` (Ke
 all of them), and gradients whose dtype is not their variable's under norm clipping or a loss
 scale (Keras divides and clips those in the gradient's dtype; adamgen casts first, as Keras'
 `update_step` does). `fused_applies` counts the calls that took the fused step (traced calls
-included). A callable learning rate's value is taken as float32 (Keras casts a Python float
-straight to a float16 variable's dtype: one rounding fewer).
+included).
 """
 from __future__ import annotations
 
@@ -124,8 +123,13 @@ class Adam(keras.optimizers.Adam):
         return self._fused[1]
 
     def _learning_rate_now(self):
-        """Keras' own current learning rate (its variable, schedule(iterations) or callable)."""
-        return ops.convert_to_tensor(self.learning_rate, "float32")
+        """Keras' own current learning rate (its variable, schedule(iterations) or callable). A
+        callable's host number stays one: Keras casts it straight to each variable's dtype, and
+        so does the fused step (runtime.lr_per_dtype)."""
+        lr = self.learning_rate
+        if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+            return lr
+        return ops.convert_to_tensor(lr, "float32")
 
     def _slots(self, variables) -> dict[str, list]:
         return slot_variables(self, [self._get_variable_index(v) for v in variables])

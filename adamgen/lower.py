@@ -80,6 +80,14 @@ class _Ctx:
         """A Python number as Keras makes it: float32 first, then the param dtype (or `dtype`)."""
         return self.b.cast(self.b.const(value, "f32"), dtype or self.d)
 
+    def cast_number(self, value) -> Node:
+        """A Python number through Keras' ops.cast(value, param dtype), where Keras casts one
+        (the beta powers' bases, weight decay): straight to float16/float32 (one rounding),
+        through float32 to bfloat16 (Keras' convert_to_tensor for bfloat16)."""
+        if self.d == "bf16":
+            return self.c(value)
+        return self.b.const(value, self.d)
+
     def scale(self, x: Node, divisor: Node) -> Node:
         """x / divisor (a scalar or per-tensor value), as XLA-CPU computes a tensor divided by a
         scalar: x * (1/divisor); bfloat16 goes through float32 (reciprocal and product rounded
@@ -125,7 +133,7 @@ def lower(spec, name: str) -> Module:
     lr = b.cast(lr32, dtype)
     p1 = p
     if spec.weight_decay is not None:
-        p1 = b.sub(p, b.mul(b.mul(p, x.c(spec.weight_decay)), lr))
+        p1 = b.sub(p, b.mul(b.mul(p, x.cast_number(spec.weight_decay)), lr))
     if spec.weight_decay is not None and spec.exclude_from_weight_decay:
         # per tensor: decay = 1 (decayed) or 0 (excluded by name), from the caller's tree
         p1 = b.select(b.lt(b.const(0, "f32"), b.input("decay", "f32", "T")), p1, p)
@@ -164,7 +172,7 @@ def _hyper(x: _Ctx, spec, key: str) -> Node:
     if callable(value):
         x.runtime[key] = x.b.input(key, "f32")
         return x.b.cast(x.runtime[key], x.d)
-    return x.c(value)
+    return x.cast_number(value)
 
 
 def _moment(x: _Ctx, spec, key: str, prev: Node, target: Node) -> Node:

@@ -55,6 +55,17 @@ def _const(value: Any, dtype: np.dtype) -> np.ndarray:
     return np.asarray(np.float32(value)).astype(dtype)
 
 
+def _cast(value: Any, dtype: np.dtype) -> np.ndarray:
+    """Keras' ops.cast(value, dtype) of a host number: float16 and float32 straight from the
+    value (a Python float is a double: one rounding), bfloat16 through float32 (Keras'
+    convert_to_tensor makes a float32 array first for bfloat16). Used where Keras casts a Python
+    number (the beta powers' bases, weight decay, a callable's lr); other sites see the number
+    as a weakly typed float32, which is _const."""
+    if np.dtype(dtype) == _BF16:
+        return np.asarray(value).astype(_F32).astype(dtype)
+    return np.asarray(value).astype(dtype)
+
+
 def _div_scalar(x: np.ndarray, d: np.ndarray) -> np.ndarray:
     """x / d for a 0-d (or all-ones-shaped) divisor d of x's dtype, as XLA-CPU computes it."""
     dt = x.dtype
@@ -138,16 +149,21 @@ class Oracle:
 
     # -- hyper-parameters
 
-    def learning_rate_at(self, k: int) -> np.float32:
-        """The learning rate used on the call whose raw counter is k (Keras `self.learning_rate`)."""
+    def learning_rate_at(self, k: int) -> np.ndarray:
+        """The learning rate used on the call whose raw counter is k (Keras `self.learning_rate`),
+        as a 0-d array that each variable casts to its dtype: float32 (Keras' variable, a
+        schedule's output), except a zero-argument callable's value, which keeps its own type
+        (a Python float is a double): Keras casts it straight to the variable's dtype, one rounding."""
         spec = self.spec
         if spec.lr_kind == "float":
-            return np.float32(spec.learning_rate)
+            return np.asarray(spec.learning_rate, np.float32)
         if spec.lr_kind == "schedule":
-            return np.float32(spec.learning_rate(int(k)))
+            return np.asarray(spec.learning_rate(int(k)), np.float32)
         if spec.lr_kind == "callable":
             fn: Callable = spec.learning_rate
-            return np.float32(fn() if spec.lr_callable_arity == 0 else fn(int(k)))
+            if spec.lr_callable_arity == 0:
+                return np.asarray(fn())
+            return np.asarray(fn(int(k)), np.float32)  # adamgen's lr(step): traced, a float32
         raise ValueError(f"unknown lr_kind {spec.lr_kind!r}; allowed: float, schedule, callable")
 
     @staticmethod
@@ -218,8 +234,8 @@ class Oracle:
             g = dict(zip(live, clipped))
             for i in decays:  # §5: decoupled decay on the pre-update θ
                 dt = params[i].dtype
-                decay = (params[i] * _const(spec.weight_decay, dt)).astype(dt)
-                params[i] = (params[i] - (decay * lr_wd[i].astype(dt)).astype(dt)).astype(dt)
+                decay = (params[i] * _cast(spec.weight_decay, dt)).astype(dt)
+                params[i] = (params[i] - (decay * _cast(lr_wd[i], dt)).astype(dt)).astype(dt)
             self._adam_step(live, g, s, params, lr, k_eff)
 
         if spec.use_ema:
@@ -250,7 +266,7 @@ class Oracle:
             return (total.astype(_F32) * (np.float32(1) / np.float32(n))).astype(dt)
         return (total * (np.asarray(1, dt) / _const(n, dt)).astype(dt)).astype(dt)
 
-    def _adam_step(self, live: list[int], g: dict, s: dict, params: list, lr: np.float32, k_eff: int):
+    def _adam_step(self, live: list[int], g: dict, s: dict, params: list, lr: np.ndarray, k_eff: int):
         """§3, per variable, everything in the variable dtype."""
         spec = self.spec
         beta_1, b1_tensor = self._hyper(spec.beta_1)
@@ -261,9 +277,9 @@ class Oracle:
             one = np.asarray(1, dt)
             t = np.asarray(k_eff + 1).astype(dt)
             with np.errstate(all="ignore"):
-                b1p = np.asarray(xla_cpu.power(_const(beta_1, dt), t))
-                b2p = np.asarray(xla_cpu.power(_const(beta_2, dt), t))
-                alpha = ((lr.astype(dt) * np.sqrt(one - b2p)).astype(dt) / (one - b1p)).astype(dt)
+                b1p = np.asarray(xla_cpu.power(_cast(beta_1, dt), t))
+                b2p = np.asarray(xla_cpu.power(_cast(beta_2, dt), t))
+                alpha = ((_cast(lr, dt) * np.sqrt(one - b2p)).astype(dt) / (one - b1p)).astype(dt)
                 m = _moment(s["momentums"][i], g[i], beta_1, b1_tensor)
                 v = _moment(s["velocities"][i], np.square(g[i]), beta_2, b2_tensor)
                 s["momentums"][i], s["velocities"][i] = m, v

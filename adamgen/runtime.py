@@ -38,7 +38,23 @@ def runtime_scalars(spec, step: int | None = None,
                     callables: tuple[tuple[str, Callable], ...] | None = None) -> dict[str, np.float32]:
     """Host-side values of callable hyper-parameters for this call (Keras calls them each use)."""
     pairs = host_callables(spec) if callables is None else callables
-    return {key: _f32(fn()) for key, fn in pairs}
+    out = {}
+    for key, fn in pairs:
+        value = fn()
+        out[key] = _f32(value)
+        if key == "lr" and not isinstance(value, jax.Array):
+            out.update(lr_per_dtype(value))
+    return out
+
+
+def lr_per_dtype(value) -> dict[str, np.float32]:
+    """A learning rate the host holds (a Python float is a double) as a float16 module takes
+    it. Keras casts a callable's value with ops.cast: straight to float16 (one rounding), and
+    through float32 to bfloat16. The IR's lr is a float32 cast to the param dtype, so float16
+    groups are given, under `lr@f16`, the float32 that holds float16's rounding of the value:
+    exact, so the cast gives that rounding back. A JAX array (Keras' float32 variable, a
+    schedule's output) is a float32 already, as Keras has it: no entry."""
+    return {"lr@f16": np.float32(np.asarray(value).astype(np.float16))}
 
 
 def _f32(value):

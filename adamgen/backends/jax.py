@@ -92,8 +92,39 @@ def _global_sum(values: Value, n_tensors: int, dtype) -> Value:
 
 GlobalSum = Callable[[Value, int, Any], Value]  # (the [T] values, T, dtype) -> their sum
 
+# XLA may keep a float16/bfloat16 value in float32 from one op to the next
+# (xla_allow_excess_precision, on by default), dropping roundings that Keras' eager ops and
+# the IR make after every op; the step's own jits turn that off. f32 programs are unchanged.
+STEP_COMPILER_OPTIONS = {"xla_allow_excess_precision": False}
+
+
+def step_jit(fn: Callable) -> Callable:
+    """jax.jit for a step function (params, grads, slots, step, ...): donates params and slots.
+    Called inside the caller's own jit, it is a nested jit, which takes the caller's options
+    (JAX accepts compiler options on the outermost jit only)."""
+    top = jax.jit(fn, donate_argnums=(0, 2), compiler_options=STEP_COMPILER_OPTIONS)
+    nested = jax.jit(fn, donate_argnums=(0, 2))
+
+    def call(params, grads, slots, step, *rest):
+        probes = [x[0] if isinstance(x, (list, tuple)) and x else x for x in (params, grads, step)]
+        traced = any(isinstance(x, jax.core.Tracer) for x in probes)
+        return (nested if traced else top)(params, grads, slots, step, *rest)
+
+    return call
+
 
 def _eval(node: Node, args: list[Value], n_tensors: int, global_sum: GlobalSum) -> Value:
+    value = _eval_op(node, args, n_tensors, global_sum)
+    if node.shape in ("", "T"):
+        # A scalar (or per-tensor) value is computed once a step, as Keras computes it: one
+        # eager op at a time. Behind a barrier XLA cannot fold a constant into its consumer or
+        # rewrite x / c as x * (1/c), nor contract a product into an FMA with the next op, all
+        # of which it does within one jit (a PolynomialDecay's ceil(21 / 7) came out 4).
+        return jax.lax.optimization_barrier(value)
+    return value
+
+
+def _eval_op(node: Node, args: list[Value], n_tensors: int, global_sum: GlobalSum) -> Value:
     if node.op is Op.CONST:
         return jnp.asarray(node.attr("value"), dtype=numpy_dtype(node.dtype))
     if node.op is Op.GLOBAL_SUM:
@@ -230,7 +261,7 @@ class JaxExecutor:
         self.spec = spec
         self._module_for = module_for
         self._modules: dict[str, Module] = {}
-        self._jitted = jax.jit(self._step, donate_argnums=(0, 2))
+        self._jitted = step_jit(self._step)
         self.exported: dict[str, Any] = {}   # dtype -> jax.export.Exported flat step (artifacts)
         self._exported_calls: dict[str, Callable] = {}
 
@@ -263,10 +294,10 @@ class JaxExecutor:
     def _run_exported(self, dtype, params, grads, slots, step, runtime):
         """The flat fast path of an artifact: its jax.export'ed step, no tracing of the IR."""
         if dtype not in self._exported_calls:
-            self._exported_calls[dtype] = jax.jit(self.exported[dtype].call, donate_argnums=(0, 2))
+            self._exported_calls[dtype] = step_jit(self.exported[dtype].call)
         names = list(slots)
         p, new_slots, new_step = self._exported_calls[dtype](
-            params[0], grads[0], tuple(slots[k][0] for k in names), step, runtime)
+            params[0], grads[0], tuple(slots[k][0] for k in names), step, group_scalars(runtime, dtype))
         return [p], {k: [v] for k, v in zip(names, new_slots)}, new_step
 
     def _step(self, params, grads, slots, step, runtime):
@@ -294,6 +325,13 @@ def step_inputs(spec, step, runtime: dict, params: list, grads: list, slots: dic
     """The named inputs of a fused module for one group of same-dtype tensors (`leaves`: their
     indices in the tree): grads cast to the param dtype (as Keras casts them), the group's part of
     the tree's weight-decay mask, and a one-argument learning-rate callable traced here."""
+    for j, (g, p) in enumerate(zip(grads, params)):
+        # Traced once per set of shapes, before any buffer is donated: a wrong gradient leaves
+        # the caller's params and state as they were.
+        if jnp.shape(g) != jnp.shape(p):
+            raise ValueError(f"the gradient of leaf {leaves[j]} has shape {tuple(jnp.shape(g))}, its param "
+                             f"{tuple(jnp.shape(p))}; each gradient must have its param's shape")
+    runtime = group_scalars(runtime, ir_dtype(params[0].dtype))
     inputs = {"step": step, **runtime, "param": params,
               "grad": [jnp.asarray(g).astype(p.dtype) for g, p in zip(grads, params)], **slots}
     if "decay" in runtime:
@@ -301,6 +339,17 @@ def step_inputs(spec, step, runtime: dict, params: list, grads: list, slots: dic
     if spec.lr_kind == "callable" and spec.lr_callable_arity == 1:
         inputs["lr"] = jnp.asarray(spec.learning_rate(step), jnp.float32)
     return inputs
+
+
+def group_scalars(runtime: dict, dtype: str) -> dict:
+    """The runtime scalars of one dtype's module: its `lr@<dtype>` (runtime.lr_per_dtype)
+    stands in for lr; the other dtypes' are dropped."""
+    if not any(key.startswith("lr@") for key in runtime):
+        return runtime
+    out = {key: value for key, value in runtime.items() if not key.startswith("lr@")}
+    if f"lr@{dtype}" in runtime:
+        out["lr"] = runtime[f"lr@{dtype}"]
+    return out
 
 
 def _group_by_dtype(leaves: list) -> dict[str, list[int]]:

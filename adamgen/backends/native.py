@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from adamgen.dtypes import ir_dtype, numpy_dtype
 from adamgen import ffi, toolchain
 from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise, render_reduce
-from adamgen.backends.jax import Group, JaxExecutor, run_groups, step_inputs
+from adamgen.backends.jax import Group, JaxExecutor, run_groups, step_inputs, step_jit
 from adamgen.ir.node import Module
 from adamgen.lower import module_variant
 from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
@@ -92,7 +92,7 @@ class NativeExecutor(JaxExecutor):
         self._binaries = dict(binaries or {})
         self.kernels: dict[str, dict[str, tuple[NativeKernel, ffi.Kernel]]] = {}
         self._per_tensor: dict[str, dict[str, tuple[NativeKernel, ffi.Kernel]]] = {}
-        self._jitted_packed = jax.jit(self._step_packed, donate_argnums=(0, 2))
+        self._jitted_packed = step_jit(self._step_packed)
 
     def module(self, dtype: str) -> Module:
         module = super().module(dtype)
