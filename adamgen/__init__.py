@@ -47,4 +47,16 @@ def load(path):
     return load_artifact(path)
 
 
-__all__ = ["AdamSpec", "AdamState", "build", "load", "schedules", "TARGETS"]
+# Imported on first use, so `import adamgen` stays light: adamgen.checkpoint.save(...) works
+# after a plain `import adamgen`, as the README writes it.
+_SUBMODULES = ("checkpoint", "interop", "flat", "keras_optimizer")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+        return importlib.import_module(f"adamgen.{name}")
+    raise AttributeError(f"module 'adamgen' has no attribute {name!r}")
+
+
+__all__ = ["AdamSpec", "AdamState", "build", "load", "schedules", "TARGETS", *_SUBMODULES]

@@ -91,6 +91,7 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
     from adamgen.backends.jax import emit_jaxpr
 
     out_dir = Path(out_dir)
+    check_output_dir(out_dir)
     files: dict[str, bytes] = {"spec.json": spec.to_json().encode()}
     # Several dtypes under global_clipnorm: a tree mixing them runs each non-f32 group in a
     # variant whose global norm is f32 (lower.variant), so build those too.
@@ -127,6 +128,24 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
         files["build.json"] = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
     _write_atomically(out_dir, files)
     return out_dir
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """An artifact replaces only a missing path, an empty directory or an earlier artifact (a
+    directory with a manifest.json): never a file, the working directory, or a directory of
+    someone's other files, which the atomic swap would delete."""
+    resolved = out_dir.resolve()
+    if resolved == Path.cwd().resolve() or resolved.parent == resolved:
+        raise ValueError(f"output directory {str(out_dir)!r} is the working directory or a root; "
+                         "give the artifact its own directory, e.g. -o generated/my_adam")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"output path {str(out_dir)!r} exists and is not a directory; choose another -o")
+    if (out_dir / "manifest.json").is_file() or not any(out_dir.iterdir()):
+        return
+    raise ValueError(f"output directory {str(out_dir)!r} holds files and is not an adamgen artifact "
+                     "(no manifest.json); building there would delete them: choose a new or empty directory")
 
 
 def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:

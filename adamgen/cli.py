@@ -106,8 +106,8 @@ def _add_spec_flags(b: argparse.ArgumentParser) -> None:
     b.add_argument("--from-keras-config", type=Path, default=None, metavar="FILE",
                    help="read the spec from a Keras get_config() / serialize() JSON file; other spec flags override it")
     b.add_argument("--exclude-from-weight-decay", action="append", default=None, metavar="NAME",
-                   help="no weight decay for params whose tree path matches this regular expression "
-                        "(re.search, as Keras' var_names), e.g. bias; repeat for several")
+                   help="no weight decay for params whose leaf name (the last key of its tree path) matches this "
+                        "regular expression (re.search, as Keras' var_names), e.g. bias; repeat for several")
     b.add_argument("--target", choices=TARGETS, default="jax", help="what to compile for (default jax)")
 
 
@@ -175,22 +175,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.emit is not None:
         sys.stdout.write(emit(args.emit, spec, args.target, dtypes[0]))
         return 0
-    from adamgen.aot import write_artifact
+    from adamgen.aot import check_output_dir
     suffix = "" if args.target == "jax" else f"_{args.target}"
     out = args.output or Path("generated") / f"{spec.name}{suffix}"
-    if args.target == "jax":
-        write_artifact(spec, "jax", out, dtypes)
-    else:
-        from adamgen.backends.native import write_native_artifact
-        from adamgen.backends.cpp import CAPABILITIES
-        caps, record = CAPABILITIES[args.target], None
-        if args.tune:
-            from adamgen.tune import tune
-            result = tune(spec, args.target, dtypes[0])
-            caps, record = result.config.apply(caps), result.record()
-        write_native_artifact(spec, args.target, out, dtypes, caps=caps, tune_record=record)
+    try:
+        check_output_dir(out)  # before any compiling or tuning
+        _write(spec, args, out, dtypes)
+    except ValueError as exc:
+        print(f"adamgen: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"adamgen: error: cannot write the artifact to {str(out)!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(out)
     return 0
+
+
+def _write(spec, args, out: Path, dtypes: tuple[str, ...]) -> None:
+    if args.target == "jax":
+        from adamgen.aot import write_artifact
+        write_artifact(spec, "jax", out, dtypes)
+        return
+    from adamgen.backends.native import write_native_artifact
+    from adamgen.backends.cpp import CAPABILITIES
+    caps, record = CAPABILITIES[args.target], None
+    if args.tune:
+        from adamgen.tune import tune
+        result = tune(spec, args.target, dtypes[0])
+        caps, record = result.config.apply(caps), result.record()
+    write_native_artifact(spec, args.target, out, dtypes, caps=caps, tune_record=record)
 
 
 def _bench(bench_args: list[str]) -> int:

@@ -147,3 +147,25 @@ def test_bf16_default_beta2_warns_at_init():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt.init([np.ones(3, np.float32)])
+
+
+@pytest.mark.parametrize("target", ["jax", "cpu"])
+def test_a_gradient_of_another_shape_is_refused_before_anything_is_donated(target):
+    """Same size but another shape, or another size: a clear error naming the leaf, raised while
+    the step is traced, so the params and state are still there and usable afterwards."""
+    opt = adamgen.build(adamgen.AdamSpec(), target=target)
+    params = {"b": jax.device_put(np.ones(3, np.float32)), "w": jax.device_put(np.ones((4, 3), np.float32))}
+    state = opt.init(params)
+    for bad in [(3, 4), (12,), (5, 5)]:
+        with pytest.raises(ValueError, match=r"gradient of leaf 1 has shape"):
+            opt.apply({"b": np.ones(3, np.float32), "w": np.ones(bad, np.float32)}, state, params)
+    new, _ = opt.apply({"b": np.ones(3, np.float32), "w": np.ones((4, 3), np.float32)}, state, params)
+    assert float(new["w"][0, 0]) < 1.0
+
+
+def test_the_readme_submodules_are_reachable_from_a_plain_import():
+    import subprocess
+    import sys
+
+    code = "import adamgen; adamgen.checkpoint.save; adamgen.interop.from_optax; adamgen.flat.ravel"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -211,3 +211,19 @@ def test_emit_native_source(stage, needle, capsys):
 def test_bench_command_passes_its_arguments_to_the_suite():
     res = subprocess.run([sys.executable, "-m", "adamgen", "bench", "--help"], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0 and "--quick" in res.stdout and "--workloads" in res.stdout
+
+
+def test_build_never_replaces_a_file_or_a_directory_of_other_files(tmp_path, monkeypatch, capsys):
+    """The atomic swap replaces the output directory: only a new path, an empty directory or an
+    earlier artifact may be replaced; anything else is refused before any compiling."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "userdir").mkdir()
+    (tmp_path / "userdir" / "notes.txt").write_text("precious")
+    (tmp_path / "afile").write_text("hi")
+    for out, why in [("userdir", "not an adamgen artifact"), ("afile", "not a directory"), (".", "working directory")]:
+        assert main(["build", "-o", out]) == 2
+        assert why in capsys.readouterr().err
+    assert (tmp_path / "userdir" / "notes.txt").read_text() == "precious"
+    assert (tmp_path / "afile").read_text() == "hi"
+    assert main(["build", "-o", "art"]) == 0 and main(["build", "--amsgrad", "-o", "art"]) == 0  # an artifact: rebuilt
+    assert json.loads((tmp_path / "art" / "manifest.json").read_text())["spec"]["amsgrad"] is True
