@@ -146,6 +146,7 @@ class Optimizer:
         if not p_leaves:
             return params, state
         g_leaves = self._grad_leaves(grads, treedef)
+        self._check_state(state)
         slot_leaves = {s: self._slot_leaves(getattr(state, SLOT_TO_FIELD[s]), treedef) for s in self.slots}
         runtime = runtime_scalars(self.spec, callables=self._callables) if self._callables else {}
         mask = self._decay_mask(params, treedef)
@@ -172,6 +173,23 @@ class Optimizer:
                               UserWarning, stacklevel=3)
             self._decay_masks[treedef] = mask
         return mask
+
+    def _check_state(self, state) -> None:
+        """The state's slots are this optimizer's (a few attribute reads a call; `restore`
+        checks every shape and dtype and converts what it can)."""
+        if not isinstance(state, AdamState):
+            raise TypeError(f"state must be an adamgen AdamState (from opt.init or opt.restore), got "
+                            f"{type(state).__name__}")
+        hint = "it was made by another optimizer; opt.restore(state, params) checks and converts a state"
+        for slot, field in SLOT_TO_FIELD.items():
+            value = getattr(state, field)
+            if slot in self.slots and value is None:
+                raise ValueError(f"this optimizer keeps {field} and the state has none: {hint}")
+            if slot not in self.slots and value is not None:
+                raise ValueError(f"the state holds {field}, which this optimizer does not keep: {hint}")
+            if isinstance(value, Packed) and getattr(self._executor, "packed_layout", None) is None:
+                raise ValueError(f"the state's {field} are packed slabs of a native target; the {self.target} "
+                                 f"target takes one array per param: {hint}")
 
     @staticmethod
     def _slot_leaves(value, treedef):

@@ -169,3 +169,20 @@ def test_the_readme_submodules_are_reachable_from_a_plain_import():
 
     code = "import adamgen; adamgen.checkpoint.save; adamgen.interop.from_optax; adamgen.flat.ravel"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_apply_names_a_state_of_another_optimizer_before_any_work():
+    p, g = {"w": np.ones(4, np.float32)}, {"w": np.ones(4, np.float32)}
+    plain, ams = adamgen.build(adamgen.AdamSpec(), "jax"), adamgen.build(adamgen.AdamSpec(amsgrad=True), "jax")
+    cpu = adamgen.build(adamgen.AdamSpec(), "cpu")
+    with pytest.raises(ValueError, match="does not keep"):
+        plain.apply(g, ams.init(p), dict(p))
+    with pytest.raises(ValueError, match="keeps velocity_hats and the state has none"):
+        ams.apply(g, plain.init(p), dict(p))
+    with pytest.raises(ValueError, match="packed slabs"):
+        plain.apply(g, cpu.init(p), dict(p))
+    with pytest.raises(TypeError, match="AdamState"):
+        plain.apply(g, None, dict(p))
+    state = plain.restore(cpu.init(p), p)  # what the messages point to
+    new, _ = plain.apply(g, state, dict(p))
+    assert float(new["w"][0]) < 1.0
