@@ -39,7 +39,14 @@ def _schedule(text: str):
     """A schedule as JSON (a Keras-serialized dict) or NAME:key=value,key=value."""
     from adamgen.schedules import schedule_from_config
 
-    text = text.strip()
+    try:
+        return _parse_schedule(text.strip(), schedule_from_config)
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        # argparse shows an ArgumentTypeError's own message (for a ValueError, only "invalid value")
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _parse_schedule(text: str, schedule_from_config):
     if text.startswith("{"):
         return schedule_from_config(json.loads(text))
     name, _, args = text.partition(":")
@@ -161,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "demo":
+        if args.steps < 2:
+            print("adamgen: error: demo --steps must be at least 2 (it compares the first and last loss)", file=sys.stderr)
+            return 2
+        if args.target in ("cpu", "cuda"):
+            from adamgen.backends.native import check_platform
+            try:
+                check_platform(args.target)  # before building: a cuda demo needs a GPU to run on
+            except RuntimeError as exc:
+                print(f"adamgen: error: {exc}", file=sys.stderr)
+                return 2
         from adamgen.demo import run_demo
         run_demo(args.target, args.steps)
         return 0

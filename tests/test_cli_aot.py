@@ -227,3 +227,20 @@ def test_build_never_replaces_a_file_or_a_directory_of_other_files(tmp_path, mon
     assert (tmp_path / "afile").read_text() == "hi"
     assert main(["build", "-o", "art"]) == 0 and main(["build", "--amsgrad", "-o", "art"]) == 0  # an artifact: rebuilt
     assert json.loads((tmp_path / "art" / "manifest.json").read_text())["spec"]["amsgrad"] is True
+
+
+def test_schedule_flag_errors_say_why(capsys):
+    for text, why in [("CosineDecay:initial_learning_rate=0.1", "decay_steps"), ("Nope:x=1", "allowed"),
+                      ("{bad", "double quotes")]:
+        with pytest.raises(SystemExit):
+            main(["build", "--schedule", text, "--emit", "spec"])
+        err = capsys.readouterr().err
+        assert why in err and "invalid _schedule value" not in err
+
+
+def test_demo_refuses_what_it_cannot_run_before_building(capsys):
+    assert main(["demo", "--steps", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        assert main(["demo", "--target", "cuda"]) == 2
+        assert "NVIDIA GPU" in capsys.readouterr().err
