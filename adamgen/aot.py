@@ -172,10 +172,15 @@ def read_manifest(path: Path) -> dict:
     manifest_file = path / "manifest.json"
     if not manifest_file.is_file():
         raise FileNotFoundError(f"{path} is not an adamgen artifact: no manifest.json")
-    manifest = json.loads(manifest_file.read_text())
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{manifest_file}: not valid JSON ({exc}); rebuild the artifact") from exc
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: artifact format {manifest.get('format')!r}, this adamgen reads {FORMAT}")
     for name, digest in manifest["files"].items():
+        if not (path / name).is_file():
+            raise ValueError(f"{path}: the artifact is missing {name}, which its manifest lists; rebuild the artifact")
         data = (path / name).read_bytes()
         if _sha256(data) != digest:
             raise ValueError(f"{path}/{name}: content does not match the manifest hash; rebuild the artifact")

@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         return _tune(spec, args)
     dtypes = tuple(dict.fromkeys(args.dtype or ["f32"]))
     if args.emit is not None:
+        if len(dtypes) > 1:
+            print(f"adamgen: error: --emit prints one dtype's {args.emit}; give one --dtype "
+                  f"(got {', '.join(dtypes)})", file=sys.stderr)
+            return 2
         sys.stdout.write(emit(args.emit, spec, args.target, dtypes[0]))
         return 0
     from adamgen.aot import check_output_dir

@@ -244,3 +244,16 @@ def test_demo_refuses_what_it_cannot_run_before_building(capsys):
     if not any(d.platform == "gpu" for d in jax.devices()):
         assert main(["demo", "--target", "cuda"]) == 2
         assert "NVIDIA GPU" in capsys.readouterr().err
+
+
+def test_a_damaged_artifact_names_the_damage(tmp_path, capsys):
+    out = tmp_path / "art"
+    assert main(["build", "-o", str(out)]) == 0
+    (out / "step.f32.jaxexport").unlink()
+    with pytest.raises(ValueError, match="missing step.f32.jaxexport"):
+        adamgen.load(out)
+    (out / "manifest.json").write_text("{")
+    with pytest.raises(ValueError, match="manifest.json: not valid JSON"):
+        adamgen.load(out)
+    assert main(["build", "--emit", "ir", "--dtype", "f16", "--dtype", "bf16"]) == 2
+    assert "one --dtype" in capsys.readouterr().err

@@ -294,7 +294,14 @@ def load_native_executor(spec, module_for, path: Path, manifest: dict) -> Native
 
     target = manifest["target"]
     build_file = path / "build.json"
-    listed = json.loads(build_file.read_text()).get("binaries", {}) if build_file.is_file() else {}
+    listed = {}
+    if build_file.is_file():
+        try:
+            listed = json.loads(build_file.read_text()).get("binaries", {})
+        except ValueError:
+            import warnings
+            warnings.warn(f"{build_file} is not valid JSON: its libraries are ignored and the kernels are "
+                          "compiled from the artifact's source", stacklevel=3)
     binaries = {}
     for name, digest in listed.items():
         lib = path / name
