@@ -123,8 +123,12 @@ class Optimizer:
     def _layout_for(self, params) -> PackedLayout | None:
         """Check the params' dtypes (warning where a hyper-parameter degenerates in one), then
         the packed layout this target gives their slots (None: one array per param)."""
-        leaves, treedef = jax.tree_util.tree_flatten(params)
-        for leaf in leaves:
+        with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+        leaves = [leaf for _, leaf in with_path]
+        for path, leaf in with_path:
+            if not hasattr(leaf, "dtype") or not hasattr(leaf, "shape"):
+                raise TypeError(f"param {jax.tree_util.keystr(path) or '(the root)'} is a {type(leaf).__name__}, "
+                                "not an array; params are arrays (np.asarray / jnp.asarray a number first)")
             self.spec.check_param_dtype(ir_dtype(leaf.dtype))
         pack = getattr(self._executor, "packed_layout", None)
         return pack(leaves, treedef) if pack is not None and leaves else None

@@ -186,3 +186,8 @@ def test_apply_names_a_state_of_another_optimizer_before_any_work():
     state = plain.restore(cpu.init(p), p)  # what the messages point to
     new, _ = plain.apply(g, state, dict(p))
     assert float(new["w"][0]) < 1.0
+
+
+def test_init_names_a_leaf_that_is_not_an_array():
+    with pytest.raises(TypeError, match=r"param \['w'\] is a float, not an array"):
+        adamgen.build(adamgen.AdamSpec(), "jax").init({"b": np.ones(2, np.float32), "w": 1.0})
