@@ -9,6 +9,7 @@ import argparse
 import enum
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from adamgen.dtypes import PARAM_DTYPES
@@ -189,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tune":
         return _tune(spec, args)
     dtypes = tuple(dict.fromkeys(args.dtype or ["f32"]))
+    for dtype in dtypes:  # say now, not at the artifact's first init, that a dtype degenerates a hyper-parameter
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # printed once, here
+            messages = spec.check_param_dtype(dtype)
+        for message in messages:
+            print(f"adamgen: warning: {message}", file=sys.stderr)
     if args.emit is not None:
         if len(dtypes) > 1:
             print(f"adamgen: error: --emit prints one dtype's {args.emit}; give one --dtype "

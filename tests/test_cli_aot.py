@@ -257,3 +257,8 @@ def test_a_damaged_artifact_names_the_damage(tmp_path, capsys):
         adamgen.load(out)
     assert main(["build", "--emit", "ir", "--dtype", "f16", "--dtype", "bf16"]) == 2
     assert "one --dtype" in capsys.readouterr().err
+
+
+def test_build_warns_when_a_dtype_degenerates_a_hyper_parameter(capsys):
+    assert main(["build", "--dtype", "bf16", "--emit", "spec"]) == 0
+    assert "beta_2=0.999 rounds to exactly 1.0 in bf16" in capsys.readouterr().err
