@@ -124,8 +124,9 @@ def adamgen_checks(kw: dict[str, Any]) -> None:
             raise ValueError(f"`{field}` must be a number or None. Received: {field}={kw[field]!r}")
     if kw["use_ema"] and not _is_real(kw["ema_momentum"]):
         raise ValueError(f"`ema_momentum` must be a number. Received: ema_momentum={kw['ema_momentum']!r}")
-    if not isinstance(kw["name"], str):
-        raise ValueError(f"`name` must be a string. Received: name={kw['name']!r}")
+    if not isinstance(kw["name"], str) or "/" in kw["name"]:  # Keras' message, word for word
+        raise ValueError(f"Argument `name` must be a string and cannot contain character `/`. "
+                         f"Received: name={kw['name']}")
 
 
 def warn_nonsense(kw: dict[str, Any]) -> None:

@@ -54,6 +54,8 @@ REJECTED = [
     {"clipnorm": 1.0, "clipvalue": 1.0, "learning_rate": 1},
     {"use_ema": True, "ema_momentum": None},  # TypeError from `None > 1`, like Keras
     {"gradient_accumulation_steps": "3"},  # TypeError from `'3' >= 2`, like Keras
+    {"name": "a/b"},
+    {"name": 5},
 ]
 
 
