@@ -98,11 +98,18 @@ GlobalSum = Callable[[Value, int, Any], Value]  # (the [T] values, T, dtype) -> 
 STEP_COMPILER_OPTIONS = {"xla_allow_excess_precision": False}
 
 
-def step_jit(fn: Callable) -> Callable:
+# The cpu target's jits hold only the scalar part of the step and glue (its kernels are its
+# own): LLVM's -O0 there keeps every scalar op rounded on its own (at -O2 it contracts a
+# product and a sum into an FMA, barriers or not), as Keras' eager ops are. About 0.5 ms a
+# call on a 1000-tensor tree (2-core VM); untried on GPUs, so the cuda target keeps -O2.
+HOST_COMPILER_OPTIONS = {**STEP_COMPILER_OPTIONS, "xla_backend_optimization_level": 0}
+
+
+def step_jit(fn: Callable, options: dict = STEP_COMPILER_OPTIONS) -> Callable:
     """jax.jit for a step function (params, grads, slots, step, ...): donates params and slots.
     Called inside the caller's own jit, it is a nested jit, which takes the caller's options
     (JAX accepts compiler options on the outermost jit only)."""
-    top = jax.jit(fn, donate_argnums=(0, 2), compiler_options=STEP_COMPILER_OPTIONS)
+    top = jax.jit(fn, donate_argnums=(0, 2), compiler_options=options)
     nested = jax.jit(fn, donate_argnums=(0, 2))
 
     def call(params, grads, slots, step, *rest):
@@ -118,8 +125,9 @@ def _eval(node: Node, args: list[Value], n_tensors: int, global_sum: GlobalSum) 
     if node.shape in ("", "T"):
         # A scalar (or per-tensor) value is computed once a step, as Keras computes it: one
         # eager op at a time. Behind a barrier XLA cannot fold a constant into its consumer or
-        # rewrite x / c as x * (1/c), nor contract a product into an FMA with the next op, all
-        # of which it does within one jit (a PolynomialDecay's ceil(21 / 7) came out 4).
+        # rewrite x / c as x * (1/c), which it does within one jit (a PolynomialDecay's
+        # ceil(21 / 7) came out 4). XLA-CPU drops the barriers before fusion, so a product and
+        # a sum can still become an FMA (see HOST_COMPILER_OPTIONS).
         return jax.lax.optimization_barrier(value)
     return value
 

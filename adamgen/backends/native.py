@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from adamgen.dtypes import ir_dtype, numpy_dtype
 from adamgen import ffi, toolchain
 from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise, render_reduce
-from adamgen.backends.jax import Group, JaxExecutor, run_groups, step_inputs, step_jit
+from adamgen.backends.jax import HOST_COMPILER_OPTIONS, STEP_COMPILER_OPTIONS, Group, JaxExecutor, run_groups, step_inputs, step_jit
 from adamgen.ir.node import Module
 from adamgen.lower import module_variant
 from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
@@ -92,7 +92,9 @@ class NativeExecutor(JaxExecutor):
         self._binaries = dict(binaries or {})
         self.kernels: dict[str, dict[str, tuple[NativeKernel, ffi.Kernel]]] = {}
         self._per_tensor: dict[str, dict[str, tuple[NativeKernel, ffi.Kernel]]] = {}
-        self._jitted_packed = step_jit(self._step_packed)
+        options = HOST_COMPILER_OPTIONS if self.caps.platform == "cpu" else STEP_COMPILER_OPTIONS
+        self._jitted = step_jit(self._step, options)  # the unpacked path
+        self._jitted_packed = step_jit(self._step_packed, options)
 
     def module(self, dtype: str) -> Module:
         module = super().module(dtype)
