@@ -100,8 +100,8 @@ STEP_COMPILER_OPTIONS = {"xla_allow_excess_precision": False}
 
 # The cpu target's jits hold only the scalar part of the step and glue (its kernels are its
 # own): LLVM's -O0 there keeps every scalar op rounded on its own (at -O2 it contracts a
-# product and a sum into an FMA, barriers or not), as Keras' eager ops are. About 0.5 ms a
-# call on a 1000-tensor tree (2-core VM); untried on GPUs, so the cuda target keeps -O2.
+# product and a sum into an FMA, barriers or not), as Keras' eager ops are. Within noise per
+# call on a 1000-tensor tree (bench/bench_host_opt_level.py); untried on GPUs: cuda keeps -O2.
 HOST_COMPILER_OPTIONS = {**STEP_COMPILER_OPTIONS, "xla_backend_optimization_level": 0}
 
 
