@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 2:
             print("adamgen: error: demo --steps must be at least 2 (it compares the first and last loss)", file=sys.stderr)
             return 2
-        if args.target in ("cpu", "cuda"):
+        if args.target == "cuda":
             from adamgen.backends.native import check_platform
             try:
                 check_platform(args.target)  # before building: a cuda demo needs a GPU to run on

@@ -13,7 +13,8 @@ import numpy as np
 
 from adamgen.dtypes import ir_dtype
 from adamgen.lower import scalar_inputs_for, slots_for
-from adamgen.state import SLOT_TO_FIELD, AdamState, Packed, PackedLayout, checked_leaves
+from adamgen.state import (SLOT_TO_FIELD, AdamState, Packed, PackedLayout, check_slot_fields, checked_leaves,
+                           require_adam_state)
 
 
 class Executor(Protocol):
@@ -180,20 +181,14 @@ class Optimizer:
 
     def _check_state(self, state) -> None:
         """The state's slots are this optimizer's (a few attribute reads a call; `restore`
-        checks every shape and dtype and converts what it can)."""
-        if not isinstance(state, AdamState):
-            raise TypeError(f"state must be an adamgen AdamState (from opt.init or opt.restore), got "
-                            f"{type(state).__name__}")
-        hint = "it was made by another optimizer; opt.restore(state, params) checks and converts a state"
-        for slot, field in SLOT_TO_FIELD.items():
-            value = getattr(state, field)
-            if slot in self.slots and value is None:
-                raise ValueError(f"this optimizer keeps {field} and the state has none: {hint}")
-            if slot not in self.slots and value is not None:
-                raise ValueError(f"the state holds {field}, which this optimizer does not keep: {hint}")
-            if isinstance(value, Packed) and getattr(self._executor, "packed_layout", None) is None:
-                raise ValueError(f"the state's {field} are packed slabs of a native target; the {self.target} "
-                                 f"target takes one array per param: {hint}")
+        checks every shape and dtype and converts a state between layouts and targets)."""
+        require_adam_state(state)
+        check_slot_fields(state, self.slots)
+        if getattr(self._executor, "packed_layout", None) is None:
+            for field in SLOT_TO_FIELD.values():
+                if isinstance(getattr(state, field), Packed):
+                    raise ValueError(f"the state's {field} are packed slabs of a native target; the {self.target} "
+                                     "target takes one array per param: opt.restore(state, params) converts it")
 
     @staticmethod
     def _slot_leaves(value, treedef):

@@ -56,31 +56,38 @@ FIELD_OPTION = {"velocity_hats": "amsgrad=True", "averages": "use_ema=True",
 INT32_MAX = np.iinfo(np.int32).max
 
 
+def require_adam_state(state) -> None:
+    if not isinstance(state, AdamState):
+        raise TypeError(f"state must be an adamgen.AdamState, got {type(state).__name__}")
+
+
+def check_slot_fields(state: "AdamState", slots: tuple[str, ...]) -> None:
+    """`state` keeps exactly the IR slots `slots` (the optimizer's options decide which)."""
+    wanted = {SLOT_TO_FIELD[s] for s in slots}
+    for field in SLOT_TO_FIELD.values():
+        value = getattr(state, field)
+        if field not in wanted and value is not None:
+            raise ValueError(f"state.{field} is set, but this optimizer keeps none (only one made with "
+                             f"{FIELD_OPTION[field]} does); drop it with state.replace({field}=None)")
+        if field in wanted and value is None:
+            raise ValueError(f"state.{field} is None, but this optimizer keeps it "
+                             f"({FIELD_OPTION.get(field, 'always')})")
+
+
 def checked_leaves(state: "AdamState", params, slots: tuple[str, ...]) -> tuple[np.int32, dict[str, list]]:
     """The counter and, per IR slot in `slots`, fresh host copies of the slot's leaves in the
     params' leaf order, after checking that `state` (slots params-shaped or `Packed`, any layout)
     keeps exactly those slots with the params' tree structure, shapes and dtypes. Raises before
     any copy is made into an optimizer's state."""
-    if not isinstance(state, AdamState):
-        raise TypeError(f"state must be an adamgen.AdamState, got {type(state).__name__}")
+    require_adam_state(state)
     k = np.asarray(jax.device_get(state.iterations))
     if k.ndim != 0 or k.dtype.kind not in "iu" or not 0 <= int(k) <= INT32_MAX:
         raise ValueError(f"state.iterations must be a non-negative integer scalar (int32), got "
                          f"{k.dtype} of shape {k.shape} = {k if k.size == 1 else '...'}")
+    check_slot_fields(state, slots)
     with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-    wanted = {SLOT_TO_FIELD[s]: s for s in slots}
-    out: dict[str, list] = {}
-    for field in SLOT_TO_FIELD.values():
-        value = getattr(state, field)
-        if field not in wanted:
-            if value is not None:
-                raise ValueError(f"state.{field} is set, but this optimizer keeps none (only one made with "
-                                 f"{FIELD_OPTION[field]} does); drop it with state.replace({field}=None)")
-            continue
-        if value is None:
-            raise ValueError(f"state.{field} is None, but this optimizer keeps it "
-                             f"({FIELD_OPTION.get(field, 'always')})")
-        out[wanted[field]] = _slot_leaves(field, value, with_path, treedef)
+    out = {s: _slot_leaves(field, getattr(state, field), with_path, treedef)
+           for s, field in SLOT_TO_FIELD.items() if s in slots}
     return np.int32(k), out
 
 
