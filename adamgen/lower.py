@@ -37,6 +37,12 @@ def scalar_inputs_for(spec) -> tuple[str, ...]:
     return tuple(out)
 
 
+def takes_single(spec) -> bool:
+    """Whether the step takes the per-tensor "single" flag: it divides a tensor by a scalar
+    where Keras divides a one-element tensor exactly (the loss scale, clipnorm; _Ctx.scale)."""
+    return spec.loss_scale_factor is not None or (spec.clip is not None and spec.clip[0] == "clipnorm")
+
+
 def variant(dtype: str, norm_dtype: str | None = None) -> str:
     """The name of the module for params of `dtype` in a tree whose global norm is computed in
     `norm_dtype` (Keras promotes the per-tensor sums of a tree of several dtypes to float32): the
@@ -75,6 +81,7 @@ class _Ctx:
     step: Node      # raw counter k, i32
     runtime: dict[str, Node]  # runtime f32 scalar inputs by name (callable hyper-parameters)
     norm: str       # the global norm's dtype (D unless the tree has several param dtypes)
+    single: Node | None = None  # the per-tensor "single" input, once a division asks for it
 
     def c(self, value, dtype: str | None = None) -> Node:
         """A Python number as Keras makes it: float32 first, then the param dtype (or `dtype`)."""
@@ -88,15 +95,24 @@ class _Ctx:
             return self.c(value)
         return self.b.const(value, self.d)
 
-    def scale(self, x: Node, divisor: Node) -> Node:
-        """x / divisor (a scalar or per-tensor value), as XLA-CPU computes a tensor divided by a
-        scalar: x * (1/divisor); bfloat16 goes through float32 (reciprocal and product rounded
-        once). One-element tensors get a true division in Keras, so they can differ by an ulp."""
+    def scale(self, x: Node, divisor: Node, true_if_single: bool = True) -> Node:
+        """x / divisor (a scalar or per-tensor value) as XLA-CPU computes a tensor divided by a
+        scalar: x * (1/divisor), bfloat16 through float32 (reciprocal and product rounded once);
+        but a one-element tensor gets a true division (semantics §10.2), chosen per tensor by
+        the "single" input. The accumulation mean, computed inside Keras' lax.cond, is the
+        reciprocal form for every shape (§10.3): `true_if_single=False`."""
         b = self.b
         if self.d != "bf16":
-            return b.mul(x, b.div(self.c(1), divisor))
-        recip = b.div(b.const(1, "f32"), b.cast(divisor, "f32"))
-        return b.cast(b.mul(b.cast(x, "f32"), recip), self.d)
+            by_recip = b.mul(x, b.div(self.c(1), divisor))
+        else:
+            recip = b.div(b.const(1, "f32"), b.cast(divisor, "f32"))
+            by_recip = b.cast(b.mul(b.cast(x, "f32"), recip), self.d)
+        if not true_if_single:
+            return by_recip
+        if self.single is None:
+            self.single = b.input("single", "f32", "T")
+        # per tensor: single = 1 (one element: x / d) or 0 (x * (1/d))
+        return b.select(b.lt(b.const(0, "f32"), self.single), b.div(x, divisor), by_recip)
 
 
 def lower(spec, name: str) -> Module:
@@ -116,7 +132,8 @@ def lower(spec, name: str) -> Module:
     one_i = b.const(1, "i32")
     k_eff = b.floordiv(x.step, b.const(n_acc, "i32")) if n_acc else x.step
 
-    # 2. loss-scale division: g * (1/s) (XLA's rewrite of a tensor / scalar division)
+    # 2. loss-scale division: g * (1/s) (XLA's rewrite of a tensor / scalar division), g / s
+    #    for a one-element tensor
     if spec.loss_scale_factor is not None:
         g = x.scale(g, x.c(spec.loss_scale_factor))
     # 3. accumulation: the update sees the window mean (g + A) * (1/N)
@@ -126,7 +143,7 @@ def lower(spec, name: str) -> Module:
         acc = slots["accumulator"]
         is_update = b.eq(b.mod(b.add(x.step, one_i), b.const(n_acc, "i32")), b.const(0, "i32"))
         outputs["accumulator"] = b.select(is_update, x.c(0), b.add(acc, g))
-        g = x.scale(b.add(g, acc), x.c(n_acc))
+        g = x.scale(b.add(g, acc), x.c(n_acc), true_if_single=False)
     # 4. clipping
     g = _clip(x, spec, g)
     # 5. decoupled weight decay on the pre-update param: p - (p * wd) * lr

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16}
-SHAPES = [(3,), (40,), (4, 5), (70,), (2, 3, 2)]
+SHAPES = [(3,), (40,), (4, 5), (70,), (2, 3, 2), (1,), ()]  # one-element: Keras divides them exactly
 
 
 def schedule(kind: str, lr: float):

@@ -3,6 +3,8 @@ CUDA compile checks, and (on a GPU machine) the CUDA target itself."""
 from __future__ import annotations
 
 import ctypes
+import platform
+import subprocess
 from dataclasses import replace
 
 import jax
@@ -47,6 +49,10 @@ def _inputs(fn, dtype, rng, shapes=SHAPES):
             out[name] = [(rng.standard_normal(s) * (0.1 if name != "param" else 1)).astype(dt) for s in shapes]
             if name in ("velocity", "velocity_hat"):
                 out[name] = [np.abs(x) for x in out[name]]
+        elif name == "single":  # the one-element tensors' flag, as step_inputs makes it
+            out[name] = np.array([int(np.prod(s)) == 1 for s in shapes], np.float32)
+        elif name == "decay":  # the weight-decay mask: some tensors excluded
+            out[name] = rng.integers(0, 2, len(shapes)).astype(np.float32)
         elif kind == "T":
             out[name] = rng.uniform(0.1, 2, len(shapes)).astype(numpy_dtype(node.dtype))
         elif node.dtype == "bool":
@@ -303,3 +309,26 @@ def test_cuda_target_without_a_gpu_says_so():
         pytest.skip("this machine has a GPU; the error path is for machines without one")
     with pytest.raises(RuntimeError, match="needs an NVIDIA GPU|NVIDIA GPU visible to JAX"):
         adamgen.build(adamgen.AdamSpec(), "cuda")
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="reads x86 assembly; runs on x86-64 hosts (CI)")
+@pytest.mark.parametrize("name, dtype", [("plain", "f32"), ("full", "f32"), ("clipnorm", "f32"), ("full", "bf16"),
+                                         ("one_element", "f32"), ("one_element", "bf16")])
+def test_host_update_loop_is_vectorized(name, dtype, tmp_path):
+    """The host element loop runs on packed vectors: its assembly has a packed square root
+    (every Adam update takes sqrt(v)). A per-tensor value read inside one arm of a select once
+    made GCC give up on the loop (the one-element tensors' true division; see
+    cpp._pertensor_reads), which only a scalar vsqrtss would show."""
+    kw = SPECS[name] if name in SPECS else dict(loss_scale_factor=100.0, clipnorm=0.5, weight_decay=0.01,
+                                                exclude_from_weight_decay=["bias"])
+    native = kernel_for(compile_spec(adamgen.AdamSpec(**kw), dtype).kernels, dtype, HOST, "update")
+    src = tmp_path / "update.cc"
+    src.write_text(native.source)
+    compiler = toolchain.find_host_compiler()
+    flags = [f for f in toolchain.host_flags() if f not in ("-shared", "-fPIC") and not f.startswith("-Wl,")]
+    subprocess.run([str(compiler.path), *flags, "-S", "-o", str(tmp_path / "update.s"), str(src)], check=True)
+    asm = (tmp_path / "update.s").read_text()
+    start = asm.index("run_range")
+    body = asm[asm.index(":\n", asm.index("\n", start)):]
+    body = body[:body.index(".cfi_endproc")]
+    assert "vsqrtps" in body, f"{name}/{dtype}: the element loop has no packed sqrt (scalar loop)"

@@ -31,7 +31,8 @@ def interp_run(module, spec, params, grads_seq):
     slots = {s: [np.zeros_like(p) for p in params] for s in slots_for(spec)}
     step = np.int32(0)
     for grads in grads_seq:
-        inputs = {"step": step, "param": params, "grad": grads, **slots, **runtime_scalars(spec, int(step))}
+        inputs = {"step": step, "param": params, "grad": grads, **slots, **runtime_scalars(spec, int(step)),
+                  "single": np.array([p.size == 1 for p in params], np.float32)}
         if spec.lr_kind == "callable" and spec.lr_callable_arity == 1:
             inputs["lr"] = np.float32(spec.learning_rate(int(step)))
         out = run_module(module, inputs, len(params))

@@ -207,8 +207,16 @@ def _names(fn: Function, dtype: str) -> tuple[list[Node], list[Node], list[Node]
             raise ValueError(f"tensor input {n.attr('name')!r} is {n.dtype}, expected the param dtype {dtype}")
         names[n.attr("name")] = f"x[{r}]"
     names.update({n.attr("name"): _read_runtime(n, f"s[{k}]") for k, n in enumerate(scalars)})
-    names.update({n.attr("name"): _read_runtime(n, f"pt[{j}]") for j, n in enumerate(pertensor)})
+    names.update({n.attr("name"): _read_runtime(n, f"pt_{j}") for j, n in enumerate(pertensor)})
     return tensors, scalars, pertensor, names
+
+
+def _pertensor_reads(pertensor: list[Node]) -> list[str]:
+    """The body's first lines: every per-tensor value read once, unconditionally. Read where
+    it is used, a value that only one arm of a select uses (a one-element tensor's divisor) is
+    sunk by GCC into that arm, if-conversion makes it a masked load, and the vectorizer then
+    leaves the whole element loop scalar (measured: 2.4x slower on 10M params)."""
+    return [f"const float pt_{j} = pt[{j}];" for j in range(len(pertensor))]
 
 
 def _statements(roots: list[Node], names: dict[str, str], stop: frozenset = frozenset()
@@ -243,6 +251,7 @@ def render_elementwise(fn: Function, dtype: str) -> RenderedKernel:
     if missing:
         raise ValueError(f"outputs {sorted(missing)} are not tensor inputs; kernels update state in place")
     body, values = _statements([v for _, v in fn.outputs], names)
+    body = _pertensor_reads(pertensor) + body
     role_index = {n.attr("name"): r for r, n in enumerate(tensors)}
     body += [f"x[{role_index[out]}] = {_ref(node, names, values)};" for out, node in fn.outputs]
     roles = tuple(RoleSpec(n.attr("name"), dtype, read=True, written=n.attr("name") in written) for n in tensors)
@@ -260,6 +269,7 @@ def render_reduce(fn: Function, dtype: str) -> RenderedKernel:
     tensors, scalars, pertensor, names = _names(fn, dtype)
     summed = [node.operands[0] for _, node in fn.outputs]
     body, values = _statements(summed, names)
+    body = _pertensor_reads(pertensor) + body
     first = len(tensors)
     body += [f"x[{first + j}] = {_ref(node, names, values)};" for j, node in enumerate(summed)]
     roles = tuple(RoleSpec(n.attr("name"), dtype, read=True, written=False) for n in tensors)

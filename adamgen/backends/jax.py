@@ -6,6 +6,7 @@ its dtype as jnp does. Under jit XLA fuses each tensor's elementwise chain into 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ import numpy as np
 from adamgen.dtypes import ir_dtype, numpy_dtype
 from adamgen.ir.node import Function, Module, Node, function_nodes
 from adamgen.ir.ops import Op
-from adamgen.lower import norm_dtype_for, variant
+from adamgen.lower import norm_dtype_for, takes_single, variant
 
 Value = Any
 
@@ -344,9 +345,21 @@ def step_inputs(spec, step, runtime: dict, params: list, grads: list, slots: dic
               "grad": [jnp.asarray(g).astype(p.dtype) for g, p in zip(grads, params)], **slots}
     if "decay" in runtime:
         inputs["decay"] = jnp.asarray(runtime["decay"])[np.asarray(leaves, np.int32)]
+    if takes_single(spec):
+        inputs["single"] = single_flags(params)
     if spec.lr_kind == "callable" and spec.lr_callable_arity == 1:
         inputs["lr"] = jnp.asarray(spec.learning_rate(step), jnp.float32)
     return inputs
+
+
+def single_flags(params: list):
+    """Per tensor, 1.0 where it has one element (Keras divides it by a scalar exactly, lower.py
+    _Ctx.scale) else 0.0: a NumPy constant for concrete shapes, traced from a symbolic size
+    (an exported flat step's n)."""
+    sizes = [math.prod(jnp.shape(p)) for p in params]
+    if all(isinstance(n, int) for n in sizes):
+        return np.array([n == 1 for n in sizes], np.float32)
+    return jnp.stack([jnp.asarray(n) == 1 for n in sizes]).astype(jnp.float32)
 
 
 def group_scalars(runtime: dict, dtype: str) -> dict:

@@ -183,12 +183,13 @@ using Role = std::tuple_element_t<r, RoleTypes>;
 // pt[j]: per-tensor value j of this tensor. Written roles hold their new value on return.
 ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
                         const float* __restrict__ pt) {
+  const float pt_0 = pt[0];
   const float v0 = 0x1.4800000000000p-7f;
   const float v1 = adamgen_round_bf16((x[0] * v0));
   const float v2 = 0x1.0600000000000p-10f;
   const float v3 = adamgen_round_bf16((v1 * v2));
   const float v4 = adamgen_round_bf16((x[0] - v3));
-  const float v5 = ((pt[0] != 0.0f) ? v4 : x[0]);
+  const float v5 = ((pt_0 != 0.0f) ? v4 : x[0]);
   const float v6 = x[1];
   const float v7 = (v6 * s[0]);
   const float v8 = adamgen_round_bf16(v7);

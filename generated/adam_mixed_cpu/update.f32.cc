@@ -183,12 +183,13 @@ using Role = std::tuple_element_t<r, RoleTypes>;
 // pt[j]: per-tensor value j of this tensor. Written roles hold their new value on return.
 ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
                         const float* __restrict__ pt) {
+  const float pt_0 = pt[0];
   const float v0 = 0x1.47ae140000000p-7f;
   const float v1 = (x[0] * v0);
   const float v2 = 0x1.0624de0000000p-10f;
   const float v3 = (v1 * v2);
   const float v4 = (x[0] - v3);
-  const float v5 = ((pt[0] != 0.0f) ? v4 : x[0]);
+  const float v5 = ((pt_0 != 0.0f) ? v4 : x[0]);
   const float v6 = (x[1] * s[0]);
   const float v7 = (v6 - x[2]);
   const float v8 = 0x1.99999a0000000p-4f;
