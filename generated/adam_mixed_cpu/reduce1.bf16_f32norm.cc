@@ -105,48 +105,58 @@ ADAMGEN_HD void adamgen_store(adamgen_bf16& dst, float f) {
 }
 
 // float16: round-to-nearest-even conversions written out, so host and device agree bit for bit.
+// Branch-free: every case is computed and one kept by a bit mask, not a ?: (GCC would sink a
+// case's float op into its branch, and may not if-convert a float op that might trap), so a
+// loop of them vectorizes on the host.
+ADAMGEN_HD std::uint32_t adamgen_pick(bool c, std::uint32_t a, std::uint32_t b) {
+  const std::uint32_t m = 0u - static_cast<std::uint32_t>(c);
+  return (a & m) | (b & ~m);
+}
 ADAMGEN_HD float adamgen_load(adamgen_f16 v) {
   const std::uint32_t sign = static_cast<std::uint32_t>(v.bits & 0x8000u) << 16;
   const std::uint32_t exp = (v.bits >> 10) & 0x1fu;
   const std::uint32_t mant = v.bits & 0x3ffu;
-  if (exp == 0x1fu) return adamgen_float(sign | 0x7f800000u | (mant << 13));
-  if (exp != 0) return adamgen_float(sign | ((exp + 112u) << 23) | (mant << 13));
-  const float sub = static_cast<float>(mant) * 5.9604644775390625e-08f;  // mant * 2^-24, exact
-  return (sign != 0) ? -sub : sub;
+  const std::uint32_t special = sign | 0x7f800000u | (mant << 13);                  // inf, NaN
+  const std::uint32_t normal = sign | ((exp + 112u) << 23) | (mant << 13);
+  // a subnormal half is mant * 2^-24, exact in float
+  const std::uint32_t sub = sign | adamgen_bits(static_cast<float>(mant) * 5.9604644775390625e-08f);
+  return adamgen_float(adamgen_pick(exp == 0x1fu, special, adamgen_pick(exp != 0, normal, sub)));
 }
 ADAMGEN_HD void adamgen_store(adamgen_f16& dst, float f) {
-  std::uint32_t u = adamgen_bits(f);
-  const std::uint32_t sign = (u >> 16) & 0x8000u;
-  u &= 0x7fffffffu;
-  std::uint32_t h;
-  if (u > 0x7f800000u) {
-    h = 0x7e00u | ((u >> 13) & 0x3ffu);                 // NaN stays NaN (quiet)
-  } else if (u >= 0x477ff000u) {
-    h = 0x7c00u;                                          // >= 65520 rounds to inf
-  } else if (u < 0x38800000u) {
-    // below the smallest normal half (2^-14): add 0.5 so the float adder rounds the
-    // mantissa at the half-subnormal position (2^-24), ties to even
-    const float shifted = adamgen_float(u) + 0.5f;
-    h = adamgen_bits(shifted) - 0x3f000000u;
-  } else {
-    const std::uint32_t odd = (u >> 13) & 1u;
-    h = (u - 0x38000000u + 0xfffu + odd) >> 13;           // rebias 127 -> 15, round to even
-  }
+  const std::uint32_t sign = (adamgen_bits(f) >> 16) & 0x8000u;
+  const std::uint32_t u = adamgen_bits(f) & 0x7fffffffu;
+  const std::uint32_t nan = 0x7e00u | ((u >> 13) & 0x3ffu);                           // stays NaN (quiet)
+  // below the smallest normal half (2^-14): add 0.5 so the float adder rounds the mantissa at
+  // the half-subnormal position (2^-24), ties to even
+  const std::uint32_t sub = adamgen_bits(adamgen_float(u) + 0.5f) - 0x3f000000u;
+  const std::uint32_t normal = (u - 0x38000000u + 0xfffu + ((u >> 13) & 1u)) >> 13;  // rebias 127 -> 15, to even
+  const std::uint32_t h = adamgen_pick(u > 0x7f800000u, nan,
+                                       adamgen_pick(u >= 0x477ff000u, 0x7c00u,  // >= 65520 rounds to inf
+                                                    adamgen_pick(u < 0x38800000u, sub, normal)));
   dst.bits = static_cast<std::uint16_t>(h | sign);
 }
 
-// One op's result rounded to the param dtype (the IR rounds after every op).
+// One op's result rounded to the param dtype (the IR rounds after every op): what a store then
+// a load gives, computed on the float's own bits (no 16-bit round trip: on the host that was
+// most of a half-precision step's instructions).
 ADAMGEN_HD float adamgen_round_f16(float f) {
-  adamgen_f16 h;
-  adamgen_store(h, f);
-  return adamgen_load(h);
+  const std::uint32_t sign = adamgen_bits(f) & 0x80000000u;
+  const std::uint32_t u = adamgen_bits(f) & 0x7fffffffu;
+  const std::uint32_t nan = (u & 0x007fe000u) | 0x7fc00000u;  // quiet, payload cut to 10 bits
+  // |f| in [2^e, 2^(e+1)), e >= -14 (below: the subnormal halves' spacing 2^-24): adding
+  // c = 2^(e+13) rounds |f| to a multiple of 2^(e-10), ties to even; subtracting c is exact.
+  const std::uint32_t e = (u & 0x7f800000u) > 0x38800000u ? (u & 0x7f800000u) : 0x38800000u;
+  const float c = adamgen_float(e + (13u << 23));
+  const std::uint32_t r = adamgen_bits((adamgen_float(u) + c) - c);
+  return adamgen_float(adamgen_pick(u > 0x7f800000u, nan,
+                                    adamgen_pick(u >= 0x477ff000u, 0x7f800000u, r)) | sign);  // >= 65520: inf
 }
 ADAMGEN_HD float adamgen_round_bf16(float f) {
-  adamgen_bf16 h;
-  adamgen_store(h, f);
-  return adamgen_load(h);
+  const std::uint32_t u = adamgen_bits(f);
+  const std::uint32_t nan = (u & 0xffff0000u) | 0x00400000u;                    // quiet
+  const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  return adamgen_float(adamgen_pick((u & 0x7fffffffu) > 0x7f800000u, nan, rounded));
 }
-// NumPy's maximum/minimum: a NaN operand gives NaN.
 ADAMGEN_HD float adamgen_max(float a, float b) { return (a != a || a > b) ? a : ((b != b || b > a) ? b : a); }
 ADAMGEN_HD float adamgen_min(float a, float b) { return (a != a || a < b) ? a : ((b != b || b < a) ? b : a); }
 // Python's // and % on ints (floor division; x % 0 == 0 as the IR defines it).
