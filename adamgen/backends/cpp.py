@@ -146,7 +146,7 @@ def _not_here(node: Node, a: list[str]) -> str:
 
 
 CPP_EXPR: dict[Op, Callable[[Node, list[str]], str]] = {
-    Op.INPUT: _not_here,      # inputs are named x[r], s[k], pt[j] by the renderer
+    Op.INPUT: _not_here,      # inputs are named x[r], s[k], pt_j by the renderer
     Op.CONST: lambda node, a: literal(node),
     Op.CAST: _cast,
     Op.NEG: _unary("(-{0})"),
@@ -195,7 +195,7 @@ def _read_runtime(node: Node, ref: str) -> str:
 
 
 def _names(fn: Function, dtype: str) -> tuple[list[Node], list[Node], list[Node], dict[str, str]]:
-    """Inputs by kind and the C++ expression that reads each: x[r], s[k], pt[j]."""
+    """Inputs by kind and the C++ expression that reads each: x[r], s[k], pt_j (pt[j], read first)."""
     if dtype not in STORAGE:
         raise ValueError(f"param dtype {dtype!r} not supported natively; allowed: {sorted(STORAGE)}")
     tensors = [n for n in fn.inputs if n.shape == "N"]
