@@ -153,6 +153,15 @@ class NativeExecutor(JaxExecutor):
 
     def step(self, params: list, grads: list, slots: dict, step, runtime: dict):
         self._check_device(params[0])
+        shardings = _spread_shardings(params)
+        new_params, new_slots, new_step = self._step_any(params, grads, slots, step, runtime)
+        if shardings is not None:
+            # XLA gathers a param spread over several devices before the custom call, which
+            # updates it whole and returns it replicated: give it back in its own sharding.
+            new_params = [p if s is None else jax.device_put(p, s, donate=True) for p, s in zip(new_params, shardings)]
+        return new_params, new_slots, new_step
+
+    def _step_any(self, params: list, grads: list, slots: dict, step, runtime: dict):
         if not any(isinstance(v, Packed) for v in slots.values()):
             return super().step(params, grads, slots, step, runtime)  # per-tensor slots: see _prepare
         layout = next(v.layout for v in slots.values())
@@ -229,6 +238,18 @@ class NativeExecutor(JaxExecutor):
                     for name, values in zip(written, outs)}
 
         return run
+
+
+def _spread_shardings(params: list) -> list | None:
+    """Per param, its sharding where it spans several devices (else None); None when no param
+    does, or when the step is being traced (the caller's jit decides its outputs' shardings)."""
+    first = params[0]
+    if isinstance(first, jax.core.Tracer) or not isinstance(first, jax.Array) or len(first.sharding.device_set) == 1:
+        return None  # one leaf only, on every call: a jit's arrays all span the same devices
+    if any(isinstance(p, jax.core.Tracer) or not isinstance(p, jax.Array) for p in params):
+        return None
+    out = [p.sharding if len(p.sharding.device_set) > 1 else None for p in params]
+    return out if any(s is not None for s in out) else None
 
 
 @dataclass(frozen=True)
