@@ -25,6 +25,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -189,7 +190,7 @@ def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = _target(compiler, source, flags, out_ext, cache_dir, objects)
-    if target.exists():
+    if _intact(target):
         return target
     if make_objects is not None:
         make_objects()
@@ -198,8 +199,32 @@ def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
         src.write_text(source)
         tmp_out = Path(tmp) / f"out{out_ext}"
         _run_compiler([str(compiler.path), *flags, str(src), *map(str, objects), "-o", str(tmp_out)], source)
+        digest = Path(tmp) / "out.sha256"
+        digest.write_text(_file_digest(tmp_out))
         os.replace(tmp_out, target)
+        os.replace(digest, _digest_path(target))
     return target
+
+
+def _digest_path(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(target: Path) -> bool:
+    """Whether a cached build can be used: it exists and matches the digest written with it. A
+    build from before digests were kept is rebuilt quietly; a damaged one with a warning."""
+    digest = _digest_path(target)
+    if not target.is_file() or not digest.is_file():
+        return False
+    if digest.read_text().strip() == _file_digest(target):
+        return True
+    warnings.warn(f"adamgen: the cached build {target} does not match its recorded digest (a damaged "
+                  "cache file); rebuilding it", RuntimeWarning, stacklevel=3)
+    return False
 
 
 # -- the host FFI binding ---------------------------------------------------------------------

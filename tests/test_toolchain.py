@@ -53,6 +53,26 @@ def test_compile_host_caches_by_content(tmp_path):
     assert not leftovers
 
 
+def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(tmp_path):
+    lib = toolchain.compile_host(ADD_ONE + "// damaged\n", cache_dir=tmp_path)
+    good = lib.read_bytes()
+    lib.write_bytes(good[: len(good) // 2])  # truncated, as by a full disk or a bad copy
+    with pytest.warns(RuntimeWarning, match="does not match its recorded digest"):
+        again = toolchain.compile_host(ADD_ONE + "// damaged\n", cache_dir=tmp_path)
+    assert again == lib and len(lib.read_bytes()) == len(good)
+    assert ctypes.CDLL(str(lib)).add_one(1) == 2
+
+
+def test_a_cache_entry_without_its_digest_is_rebuilt_quietly(tmp_path, recwarn):
+    lib = toolchain.compile_host(ADD_ONE + "// old\n", cache_dir=tmp_path)
+    digest = lib.with_name(lib.name + ".sha256")
+    digest.unlink()  # a build from before digests were kept
+    lib.write_bytes(b"not a library")
+    assert toolchain.compile_host(ADD_ONE + "// old\n", cache_dir=tmp_path) == lib
+    assert digest.is_file() and not [w for w in recwarn if "digest" in str(w.message)]
+    assert ctypes.CDLL(str(lib)).add_one(2) == 3
+
+
 def test_compile_all_builds_each_source_in_order(monkeypatch, tmp_path):
     monkeypatch.setenv("ADAMGEN_CACHE_DIR", str(tmp_path))
     sources = [ADD_ONE.replace("x + 1", f"x + {k}") for k in (1, 2, 3)]
