@@ -18,6 +18,7 @@ import concurrent.futures
 import functools
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -37,13 +38,16 @@ import jax.ffi
 # without changing any value. No -ffast-math: it would reassociate.
 # -mprefer-vector-width=512: where the CPU has AVX-512, the element loop uses all of it (GCC picks
 # 256 bits for most such CPUs); float16/bfloat16 steps, whose per-op rounding makes them
-# compute-bound, ran 1.3-1.4x faster (bench/RESULTS.md); no effect without AVX-512.
+# compute-bound, ran 1.3-1.4x faster (bench/RESULTS.md); no effect without AVX-512. An x86
+# option: other hosts (aarch64 g++ rejects it) go without.
 # -Wl,-Bsymbolic: a library's calls to its own functions bind inside it. Every host kernel
 # defines the same names (adamgen_kernel::execute, the binding's handler), so with one library
 # loaded RTLD_GLOBAL another's handler would otherwise run the first one's kernel.
 HOST_FLAGS: tuple[str, ...] = (
     "-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17",
-    "-ffp-contract=off", "-fno-math-errno", "-mprefer-vector-width=512", "-Wl,-Bsymbolic",
+    "-ffp-contract=off", "-fno-math-errno",
+    *(("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ()),
+    "-Wl,-Bsymbolic",
 )
 # CUDA: SASS for sm_80 and sm_90, PTX for compute_90 (JIT forward compatibility).
 # --fmad=false for the same reason as -ffp-contract=off on the host.
