@@ -85,6 +85,9 @@ class KernelContext:
     n_out: int                         # per-tensor written roles
     n_scalars: int                     # runtime scalars (f32 buffer, first argument)
     body: tuple[str, ...]              # element-body C++ statements, one per line
+    # the body for tensors of more than one element (host loops; see cpp.render_elementwise):
+    # empty = the same as body
+    body_many: tuple[str, ...] = ()
     n_pertensor: int = 0               # per-tensor values (f32[T * n_pertensor], second argument)
     n_reduce: int = 0                  # reduce kernels: the last n_reduce roles are values summed per tensor
     compute_ctype: str = "float"
@@ -145,7 +148,8 @@ def _check_positive(ctx: KernelContext) -> None:
 
 
 def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: Sequence[str],
-                 n_pertensor: int = 0, n_reduce: int = 0, **tuning: int) -> KernelContext:
+                 n_pertensor: int = 0, n_reduce: int = 0, body_many: Sequence[str] = (),
+                 **tuning: int) -> KernelContext:
     """Validate the pieces and derive the call layout; ``tuning`` sets the int fields."""
     _check_ident(symbol, "symbol")
     if not roles:
@@ -161,7 +165,7 @@ def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: S
     for name, value in (("n_scalars", n_scalars), ("n_pertensor", n_pertensor)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    for line in body:
+    for line in (*body, *body_many):
         if _BAD_LINE.search(line):
             raise ValueError(f"body line {line!r} holds a newline, comment or template syntax")
     if any(r.packed and r.written and not r.read for r in roles):
@@ -180,6 +184,7 @@ def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: S
         role_arg=tuple((packed_reads if r.packed else reads).index(r) if r.read else -1 for r in roles),
         role_ret=tuple((packed_writes if r.packed else writes).index(r) if r.written else -1 for r in roles),
         n_in=len(reads), n_out=len(writes), n_scalars=n_scalars, body=tuple(body),
+        body_many=tuple(body_many) or tuple(body),
         n_pertensor=n_pertensor, n_reduce=n_reduce,
         role_packed=tuple(int(r.packed) for r in roles),
         role_bytes=tuple(STORAGE[r.dtype][2].itemsize for r in roles),

@@ -35,7 +35,11 @@ import jax.ffi
 
 # Host: -ffp-contract=off keeps a*b+c as two rounded ops (bit-exact against the NumPy oracle; an
 # explicit fmaf() in the body still gives a fused op). -fno-math-errno lets sqrtf vectorize
-# without changing any value. No -ffast-math: it would reassociate.
+# without changing any value. -fno-trapping-math lets GCC compute both arms of a select (a
+# one-element tensor's true division, a weight-decay exclusion) and blend them: without AVX-512
+# masks it may not speculate a division, and the whole element loop ran scalar (AVX2; every
+# result is the same IEEE value, no FP exception is ever unmasked). No -ffast-math: it would
+# reassociate.
 # -mprefer-vector-width=512: where the CPU has AVX-512, the element loop uses all of it (GCC picks
 # 256 bits for most such CPUs); float16/bfloat16 steps, whose per-op rounding makes them
 # compute-bound, ran 1.3-1.4x faster (bench/RESULTS.md); no effect without AVX-512. An x86
@@ -45,7 +49,7 @@ import jax.ffi
 # loaded RTLD_GLOBAL another's handler would otherwise run the first one's kernel.
 HOST_FLAGS: tuple[str, ...] = (
     "-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17",
-    "-ffp-contract=off", "-fno-math-errno",
+    "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
     *(("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ()),
     "-Wl,-Bsymbolic",
 )

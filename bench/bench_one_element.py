@@ -1,6 +1,6 @@
 """What the one-element tensors' exact division costs the cpu target, in one process.
 
-    python bench/bench_one_element.py [--tensors 1000] [--params 10000000] [--k 10] [--rounds 9]
+    python bench/bench_one_element.py [--tensors 1000] [--params 10000000] [--dtype float32] [--k 10] [--rounds 9]
 
 Keras divides a one-element tensor by a scalar exactly and every longer one by the reciprocal's
 product (semantics §10.2), so a step with a loss scale or clipnorm takes a per-tensor flag and
@@ -18,13 +18,14 @@ import statistics
 import time
 
 import jax
+import ml_dtypes
 import numpy as np
 
 import adamgen
 import adamgen.backends.jax as backend_jax
 import adamgen.lower as lower
 
-SPEC = dict(learning_rate=1e-3, loss_scale_factor=100.0, clipnorm=1.0)
+SPEC = dict(learning_rate=1e-3, beta_2=0.99, loss_scale_factor=100.0, clipnorm=1.0)  # 0.999 is 1 in bfloat16
 
 
 @contextlib.contextmanager
@@ -60,14 +61,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tensors", type=int, default=1000)
     ap.add_argument("--params", type=int, default=10_000_000)
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     mean = args.params // args.tensors
     sizes = rng.integers(max(1, mean // 10), 2 * mean - mean // 10, args.tensors)
-    params = [rng.standard_normal(int(n)).astype(np.float32) for n in sizes]
-    grads = [jax.device_put((rng.standard_normal(int(n)) * 0.01).astype(np.float32)) for n in sizes]
+    dtype = ml_dtypes.bfloat16 if args.dtype == "bfloat16" else np.dtype(args.dtype)
+    params = [rng.standard_normal(int(n)).astype(dtype) for n in sizes]
+    grads = [jax.device_put((rng.standard_normal(int(n)) * 0.01).astype(dtype)) for n in sizes]
     runs = {"reciprocal for every tensor": prepared(params, grads, args.k, old=True),
             "exact for one-element tensors": prepared(params, grads, args.k, old=False)}
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -78,7 +81,8 @@ def main() -> None:
             jax.block_until_ready(run[1])
             times[name].append((time.perf_counter() - t) / args.k * 1e3)
     print(f"{platform.processor() or platform.machine()}, {jax.local_device_count()} CPU device(s); "
-          f"{args.tensors} tensors, {int(sizes.sum()):,} params, loss scale + clipnorm, in a jit of {args.k} steps")
+          f"{args.tensors} tensors, {int(sizes.sum()):,} {args.dtype} params, loss scale + clipnorm, "
+          f"in a jit of {args.k} steps")
     print("| step | ms/step (median) | min |\n|---|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {statistics.median(ts):.2f} | {min(ts):.2f} |")

@@ -89,7 +89,7 @@ def test_cuda_update_kernel_bit_exact_against_interpreter(name, dtype, layout):
                   slab_align_bytes=align)
     kernel = emulated(ctx)
     rng = np.random.default_rng(sum(map(ord, name + dtype + layout)))
-    inputs = _inputs(fn, dtype, rng, SHAPES)
+    inputs = _inputs(fn, dtype, rng, SHAPES, module=module)
     want = run_function(fn, inputs, len(SHAPES))
     args = [_role_arrays(role, inputs[role.name], align) for role in r.roles]
     counter = ctypes.CDLL(str(kernel.lib_path)).adamgen_emu_vector_count
@@ -138,7 +138,7 @@ def test_cuda_tuning_knobs_bit_exact_against_interpreter(name, dtype, knobs):
     kernel = emulated(native.ctx, lambda src: src.replace(
         unrolled_loop, "i += kUnroll * kStride) adamgen_emu_count_unrolled(), vstep_unrolled("))
     rng = np.random.default_rng(sum(map(ord, name + dtype)) + len(knobs))
-    inputs = _inputs(fn, dtype, rng, KNOB_SHAPES)
+    inputs = _inputs(fn, dtype, rng, KNOB_SHAPES, module=module)
     want = run_function(fn, inputs, len(KNOB_SHAPES))
     args = [_role_arrays(role, inputs[role.name]) for role in r.roles]
     unrolled, max_grid = _lib_counter(kernel, "adamgen_emu_unrolled_count"), _lib_counter(kernel, "adamgen_emu_max_grid")
@@ -170,7 +170,7 @@ def test_cuda_reduce_kernel_against_interpreter(name, dtype):
     r = native.rendered
     ctx = replace(native.ctx, launch_param_bytes=ffi.launch_param_bytes(len(r.roles), 3), max_grid=2)
     kernel = emulated(ctx)
-    inputs = _inputs(fn, dtype, np.random.default_rng(9), SHAPES)
+    inputs = _inputs(fn, dtype, np.random.default_rng(9), SHAPES, module=module)
     want = run_function(fn, inputs, len(SHAPES))
     sums = ffi.call_reduce(kernel, _scalars(r, inputs),
                            [_role_arrays(role, inputs[role.name]) for role in r.roles if role.read])
@@ -193,7 +193,7 @@ def test_emulated_kernel_catches_a_broken_chunk_walk():
         return source.replace(walk, "c += 2 * gridDim.x)")
     kernel = emulated(replace(native.ctx, max_grid=2), skip_chunks)
     r = native.rendered
-    inputs = _inputs(fn, "f32", np.random.default_rng(2), [(1000,)])
+    inputs = _inputs(fn, "f32", np.random.default_rng(2), [(1000,)], module=module)
     want = run_function(fn, inputs, 1)
     outs = ffi.call(kernel, _scalars(r, inputs), [_role_arrays(role, inputs[role.name]) for role in r.roles])
     param = np.asarray(outs[[role.name for role in r.roles if role.written].index("param")][0])

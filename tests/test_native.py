@@ -15,7 +15,7 @@ import pytest
 import adamgen
 from adamgen import ffi, toolchain
 from adamgen.backends.cpp import CPP_EXPR, CUDA, HOST
-from adamgen.backends.native import kernel_for
+from adamgen.backends.native import kernel_for, one_element_conditions
 from adamgen.compiler import compile_spec
 from adamgen.dtypes import numpy_dtype
 from adamgen.ir.interp import run_function
@@ -38,9 +38,11 @@ def test_cpp_table_covers_every_op():
     assert set(CPP_EXPR) == set(Op)
 
 
-def _inputs(fn, dtype, rng, shapes=SHAPES):
+def _inputs(fn, dtype, rng, shapes=SHAPES, module=None):
     """Random values for every input of the update kernel (per-tensor values positive); `dtype`
-    is a module variant (the param dtype, or e.g. bf16_f32norm)."""
+    is a module variant (the param dtype, or e.g. bf16_f32norm). The one-element tensors' flags
+    of `module` (native.one_element_conditions) are true exactly for the one-element shapes."""
+    one_element = one_element_conditions(module) if module is not None else frozenset()
     dt = numpy_dtype(parse_variant(dtype)[0])
     out = {}
     for node in fn.inputs:
@@ -51,6 +53,8 @@ def _inputs(fn, dtype, rng, shapes=SHAPES):
                 out[name] = [np.abs(x) for x in out[name]]
         elif name == "single":  # the one-element tensors' flag, as step_inputs makes it
             out[name] = np.array([int(np.prod(s)) == 1 for s in shapes], np.float32)
+        elif name in one_element:  # 0 < single, from the scalar kernel
+            out[name] = np.array([int(np.prod(s)) == 1 for s in shapes])
         elif name == "decay":  # the weight-decay mask: some tensors excluded
             out[name] = rng.integers(0, 2, len(shapes)).astype(np.float32)
         elif kind == "T":
@@ -112,7 +116,7 @@ def test_host_kernel_bit_exact_against_interpreter(name, dtype, packed):
     fn = module.function("update")
     rng = np.random.default_rng(hash((name, dtype)) % 2**32)
     for trial in range(3):
-        inputs = _inputs(fn, dtype, rng)
+        inputs = _inputs(fn, dtype, rng, module=module)
         want = run_function(fn, inputs, len(SHAPES))
         native = kernel_for(module, dtype, replace(HOST, packed_slots=packed))
         kernel = ffi.build(native.ctx, "cpu")
@@ -153,7 +157,7 @@ def test_host_kernel_shares_chunks_across_threads_bit_exact(name, knobs):
     kernel = ffi.build(native.ctx, "cpu")
     r = native.rendered
     rng = np.random.default_rng(11)
-    cases = [_inputs(fn, "f32", rng, BIG_SHAPES) for _ in range(2)]
+    cases = [_inputs(fn, "f32", rng, BIG_SHAPES, module=module) for _ in range(2)]
 
     def args(inputs):
         scalars = jnp.asarray([np.float32(inputs[k]) for k in r.scalars] or [0.0], jnp.float32)
@@ -192,7 +196,7 @@ def test_cuda_element_body_as_host_code_matches_interpreter(dtype, tmp_path):
     driver = DRIVER % ", ".join(f"ptrs[{i}]" for i in range(len(roles)))
     lib = ctypes.CDLL(str(toolchain.compile_host(
         section + driver, ("-D__host__=", "-D__device__=", "-D__forceinline__=inline"), cache_dir=tmp_path)))
-    inputs = _inputs(fn, dtype, np.random.default_rng(7))
+    inputs = _inputs(fn, dtype, np.random.default_rng(7), module=module)
     want = run_function(fn, inputs, len(SHAPES))
     r = native.rendered
     for t, shape in enumerate(SHAPES):
@@ -216,7 +220,7 @@ def test_host_reduce_kernel_against_interpreter(name, dtype):
     spec = adamgen.AdamSpec(**SPECS[name])
     module = compile_spec(spec, dtype).kernels
     fn = module.function("reduce1")
-    inputs = _inputs(fn, dtype, np.random.default_rng(5))
+    inputs = _inputs(fn, dtype, np.random.default_rng(5), module=module)
     want = run_function(fn, inputs, len(SHAPES))
     native = kernel_for(module, dtype, HOST, "reduce1")
     kernel = ffi.build(native.ctx, "cpu")
@@ -312,23 +316,28 @@ def test_cuda_target_without_a_gpu_says_so():
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="reads x86 assembly; runs on x86-64 hosts (CI)")
+@pytest.mark.parametrize("march", ["native", "haswell"])  # haswell: AVX2 without AVX-512's masks
 @pytest.mark.parametrize("name, dtype", [("plain", "f32"), ("full", "f32"), ("clipnorm", "f32"), ("full", "bf16"),
-                                         ("one_element", "f32"), ("one_element", "bf16")])
-def test_host_update_loop_is_vectorized(name, dtype, tmp_path):
+                                         ("plain", "f16"), ("one_element", "f32"), ("one_element", "bf16"),
+                                         ("exclusion", "f32")])
+def test_host_update_loop_is_vectorized(name, dtype, march, tmp_path):
     """The host element loop runs on packed vectors: its assembly has a packed square root
-    (every Adam update takes sqrt(v)). A per-tensor value read inside one arm of a select once
-    made GCC give up on the loop (the one-element tensors' true division; see
-    cpp._pertensor_reads), which only a scalar vsqrtss would show."""
-    kw = SPECS[name] if name in SPECS else dict(loss_scale_factor=100.0, clipnorm=0.5, weight_decay=0.01,
-                                                exclude_from_weight_decay=["bias"])
+    (every Adam update takes sqrt(v)). A select's arm read or computed only on its side (the
+    one-element tensors' true division, a weight-decay exclusion) once left the loop scalar,
+    on AVX2 until -fno-trapping-math; float16 conversions with branches did everywhere. Only
+    a scalar vsqrtss would show."""
+    extra = {"one_element": dict(loss_scale_factor=100.0, clipnorm=0.5),
+             "exclusion": dict(weight_decay=0.01, exclude_from_weight_decay=["bias"])}
+    kw = SPECS[name] if name in SPECS else extra[name]
     native = kernel_for(compile_spec(adamgen.AdamSpec(**kw), dtype).kernels, dtype, HOST, "update")
     src = tmp_path / "update.cc"
     src.write_text(native.source)
     compiler = toolchain.find_host_compiler()
     flags = [f for f in toolchain.host_flags() if f not in ("-shared", "-fPIC") and not f.startswith("-Wl,")]
+    flags = [f"-march={march}" if f == "-march=native" else f for f in flags]
     subprocess.run([str(compiler.path), *flags, "-S", "-o", str(tmp_path / "update.s"), str(src)], check=True)
     asm = (tmp_path / "update.s").read_text()
     start = asm.index("run_range")
     body = asm[asm.index(":\n", asm.index("\n", start)):]
     body = body[:body.index(".cfi_endproc")]
-    assert "vsqrtps" in body, f"{name}/{dtype}: the element loop has no packed sqrt (scalar loop)"
+    assert "vsqrtps" in body, f"{name}/{dtype}, -march={march}: the element loop has no packed sqrt (scalar loop)"

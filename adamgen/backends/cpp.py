@@ -184,6 +184,7 @@ class RenderedKernel:
     pertensor: tuple[str, ...]    # pt[j] <- the per-tensor value named pertensor[j], as f32
     body: tuple[str, ...]
     outputs: tuple[str, ...] = () # reduce kernels: the name of each per-tensor sum, in order
+    body_many: tuple[str, ...] = ()  # the body for tensors of more than one element (() = body)
 
 
 def _read_runtime(node: Node, ref: str) -> str:
@@ -241,8 +242,11 @@ def _ref(node: Node, names: dict[str, str], values: dict[int, str]) -> str:
     return names[node.attr("name")] if node.op is Op.INPUT else values[id(node)]
 
 
-def render_elementwise(fn: Function, dtype: str) -> RenderedKernel:
-    """Render the fused `update` function for params of `dtype`."""
+def render_elementwise(fn: Function, dtype: str, false_when_many: frozenset[str] = frozenset()) -> RenderedKernel:
+    """Render the fused `update` function for params of `dtype`. `false_when_many`: per-tensor
+    bool inputs that are false for every tensor of more than one element (a one-element
+    tensor's flag, see native.one_element_conditions); `body_many`, the body with them false,
+    lets the compiler drop the arm they select (a true division) from the host's element loop."""
     if fn.attr("kind") != "elementwise":
         raise ValueError(f"@{fn.name} is a {fn.attr('kind')!r} kernel; render_elementwise takes 'elementwise'")
     tensors, scalars, pertensor, names = _names(fn, dtype)
@@ -250,30 +254,52 @@ def render_elementwise(fn: Function, dtype: str) -> RenderedKernel:
     missing = written - {n.attr("name") for n in tensors}
     if missing:
         raise ValueError(f"outputs {sorted(missing)} are not tensor inputs; kernels update state in place")
-    body, values = _statements([v for _, v in fn.outputs], names)
-    body = _pertensor_reads(pertensor) + body
     role_index = {n.attr("name"): r for r, n in enumerate(tensors)}
-    body += [f"x[{role_index[out]}] = {_ref(node, names, values)};" for out, node in fn.outputs]
+
+    def body_for(names: dict[str, str]) -> tuple[str, ...]:
+        body, values = _statements([v for _, v in fn.outputs], names)
+        body += [f"x[{role_index[out]}] = {_ref(node, names, values)};" for out, node in fn.outputs]
+        return tuple(_pertensor_reads(pertensor) + body)
+
     roles = tuple(RoleSpec(n.attr("name"), dtype, read=True, written=n.attr("name") in written) for n in tensors)
+    many = _names_when_many(names, pertensor, false_when_many)
     return RenderedKernel(roles, tuple(n.attr("name") for n in scalars),
-                          tuple(n.attr("name") for n in pertensor), tuple(body))
+                          tuple(n.attr("name") for n in pertensor), body_for(names),
+                          body_many=body_for(many) if many != names else ())
 
 
-def render_reduce(fn: Function, dtype: str) -> RenderedKernel:
+def _names_when_many(names: dict[str, str], pertensor: list[Node], false_when_many: frozenset[str]) -> dict[str, str]:
+    """`names` with each per-tensor bool input of `false_when_many` read as `false`."""
+    out = dict(names)
+    for n in pertensor:
+        if n.attr("name") in false_when_many:
+            if n.dtype != "bool":
+                raise ValueError(f"false_when_many: per-tensor input {n.attr('name')!r} is {n.dtype}, not bool")
+            out[n.attr("name")] = "false"
+    return out
+
+
+def render_reduce(fn: Function, dtype: str, false_when_many: frozenset[str] = frozenset()) -> RenderedKernel:
     """Render a fused `reduce` function: each output is reduce_sum(value); the body computes the
-    values into extra roles x[kRoles - kReduce + j], which the template sums per tensor in f32."""
+    values into extra roles x[kRoles - kReduce + j], which the template sums per tensor in f32.
+    `false_when_many` as for render_elementwise."""
     if fn.attr("kind") != "reduce":
         raise ValueError(f"@{fn.name} is a {fn.attr('kind')!r} kernel; render_reduce takes 'reduce'")
     if not all(node.op is Op.REDUCE_SUM for _, node in fn.outputs):
         raise ValueError(f"@{fn.name}: every output of a reduce kernel must be a reduce_sum")
     tensors, scalars, pertensor, names = _names(fn, dtype)
     summed = [node.operands[0] for _, node in fn.outputs]
-    body, values = _statements(summed, names)
-    body = _pertensor_reads(pertensor) + body
     first = len(tensors)
-    body += [f"x[{first + j}] = {_ref(node, names, values)};" for j, node in enumerate(summed)]
+
+    def body_for(names: dict[str, str]) -> tuple[str, ...]:
+        body, values = _statements(summed, names)
+        body += [f"x[{first + j}] = {_ref(node, names, values)};" for j, node in enumerate(summed)]
+        return tuple(_pertensor_reads(pertensor) + body)
+
     roles = tuple(RoleSpec(n.attr("name"), dtype, read=True, written=False) for n in tensors)
     roles += tuple(RoleSpec(f"sum_{name}", "f32", read=False, written=False) for name, _ in fn.outputs)
+    many = _names_when_many(names, pertensor, false_when_many)
     return RenderedKernel(roles, tuple(n.attr("name") for n in scalars),
-                          tuple(n.attr("name") for n in pertensor), tuple(body),
-                          outputs=tuple(name for name, _ in fn.outputs))
+                          tuple(n.attr("name") for n in pertensor), body_for(names),
+                          outputs=tuple(name for name, _ in fn.outputs),
+                          body_many=body_for(many) if many != names else ())

@@ -21,7 +21,8 @@ from adamgen.dtypes import ir_dtype, numpy_dtype
 from adamgen import ffi, toolchain
 from adamgen.backends.cpp import CAPABILITIES, Capabilities, RenderedKernel, render_elementwise, render_reduce
 from adamgen.backends.jax import HOST_COMPILER_OPTIONS, STEP_COMPILER_OPTIONS, Group, JaxExecutor, run_groups, step_inputs, step_jit
-from adamgen.ir.node import Module
+from adamgen.ir.node import Module, topo_order
+from adamgen.ir.ops import Op
 from adamgen.lower import module_variant
 from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
 
@@ -47,18 +48,34 @@ def kernel_for(module: Module, key: str, caps: Capabilities, name: str = "update
     dtype = dict(module.attrs)["dtype"]
     fn = module.function(name)
     reduce = fn.attr("kind") == "reduce"
-    rendered = (render_reduce if reduce else render_elementwise)(fn, dtype)
+    rendered = (render_reduce if reduce else render_elementwise)(fn, dtype, one_element_conditions(module))
     if caps.packed_slots:
         rendered = replace(rendered, roles=tuple(replace(r, packed=r.name in SLOT_TO_FIELD) for r in rendered.roles))
     itemsize = ffi.STORAGE[dtype][2].itemsize
     built = caps.effective(itemsize)
     ctx = ffi.make_context(f"adamgen_{name}_{key}", rendered.roles, len(rendered.scalars), rendered.body,
                            n_pertensor=len(rendered.pertensor), n_reduce=len(rendered.outputs),
+                           body_many=rendered.body_many,
                            chunk_elems=caps.chunk_elems, block_threads=caps.block_threads,
                            max_threads=caps.threads, unroll=built.unroll, blocks_per_sm=caps.blocks_per_sm,
                            vec_elems=caps.vector_elems(itemsize),
                            launch_param_bytes=ffi.launch_param_bytes(len(rendered.roles), caps.tensors_per_call))
     return NativeKernel(rendered, ctx, ffi.render(ctx, caps.platform))
+
+
+def one_element_conditions(module: Module) -> frozenset[str]:
+    """Names of the per-tensor values the scalar kernels compute from the "single" input alone
+    (lower._Ctx.scale's `0 < single`): false for every tensor of more than one element, so the
+    host kernels' loops over such tensors can take them as false (cpp.render_elementwise)."""
+    out = set()
+    for fn in module.functions:
+        if fn.attr("kind") != "scalar":
+            continue
+        for name, node in fn.outputs:
+            leaves = {n.attr("name") for n in topo_order([node]) if n.op is Op.INPUT}
+            if leaves == {"single"} and node.dtype == "bool":
+                out.add(name)
+    return frozenset(out)
 
 
 def native_kernel_names(module: Module) -> list[str]:

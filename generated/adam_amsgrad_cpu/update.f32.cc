@@ -215,6 +215,32 @@ ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
   x[4] = v10;
 }
 
+// The same for a tensor of more than one element: a value that is false for every such tensor
+// (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
+ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
+                             const float* __restrict__ pt) {
+  const float v0 = (x[1] - x[2]);
+  const float v1 = 0x1.99999a0000000p-4f;
+  const float v2 = (v0 * v1);
+  const float v3 = (x[2] + v2);
+  const float v4 = (v3 * s[0]);
+  const float v5 = (x[1] * x[1]);
+  const float v6 = (v5 - x[3]);
+  const float v7 = 0x1.0624de0000000p-10f;
+  const float v8 = (v6 * v7);
+  const float v9 = (x[3] + v8);
+  const float v10 = adamgen_max(x[4], v9);
+  const float v11 = sqrtf(v10);
+  const float v12 = 0x1.ad7f2a0000000p-24f;
+  const float v13 = (v11 + v12);
+  const float v14 = (v4 / v13);
+  const float v15 = (x[0] - v14);
+  x[0] = v15;
+  x[2] = v3;
+  x[3] = v9;
+  x[4] = v10;
+}
+
 template <int r>
 ADAMGEN_HD void load_one(float (&x)[kRoles], void* const (&p)[kRoles], std::int64_t i) {
   if constexpr (kRoleArg[r] >= 0) x[r] = adamgen_load(static_cast<const Role<r>*>(p[r])[i]);
@@ -241,6 +267,13 @@ ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* _
   float x[kRoles];
   load_all(AllRoles{}, x, p, i);
   element(x, s, pt);
+  store_all(AllRoles{}, x, p, i);
+}
+ADAMGEN_HD void step_many_at(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
+                             const float* __restrict__ pt) {
+  float x[kRoles];
+  load_all(AllRoles{}, x, p, i);
+  element_many(x, s, pt);
   store_all(AllRoles{}, x, p, i);
 }
 
@@ -411,7 +444,7 @@ __attribute__((noinline)) void run_range(void* const (&p)[kRoles], std::int64_t 
                                          std::int64_t end, const float* __restrict__ s,
                                          const float* __restrict__ pt) {
   _Pragma("omp simd")
-  for (std::int64_t i = begin; i < end; ++i) step_at(p, i, s, pt);
+  for (std::int64_t i = begin; i < end; ++i) step_many_at(p, i, s, pt);
 }
 
 adamgen_frame::Status execute(const adamgen_frame::Frame& f) {
@@ -430,7 +463,12 @@ adamgen_frame::Status execute(const adamgen_frame::Frame& f) {
   parallel_chunks(f, static_cast<std::int64_t>(chunks.size()), total, [&](std::int64_t c) {
     void* p[kRoles];
     for (int r = 0; r < kRoles; ++r) p[r] = table.ptr[chunks[c].tensor * kRoles + r];
-    run_range(p, chunks[c].begin, chunks[c].end, s, pt_all + chunks[c].tensor * kPerTensor);
+    const float* pt = pt_all + chunks[c].tensor * kPerTensor;
+    if (table.size[chunks[c].tensor] == 1) {
+      step_at(p, 0, s, pt);  // a one-element tensor: the general body
+    } else {
+      run_range(p, chunks[c].begin, chunks[c].end, s, pt);
+    }
   });
   return adamgen_frame::ok();
 }

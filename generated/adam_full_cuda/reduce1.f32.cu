@@ -256,6 +256,17 @@ ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
   x[2] = v3;
 }
 
+// The same for a tensor of more than one element: a value that is false for every such tensor
+// (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
+ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
+                             const float* __restrict__ pt) {
+  const float v0 = (x[0] + x[1]);
+  const float v1 = 0x1.0000000000000p-2f;
+  const float v2 = (v0 * v1);
+  const float v3 = (v2 * v2);
+  x[2] = v3;
+}
+
 template <int r>
 ADAMGEN_HD void load_one(float (&x)[kRoles], void* const (&p)[kRoles], std::int64_t i) {
   if constexpr (kRoleArg[r] >= 0) x[r] = adamgen_load(static_cast<const Role<r>*>(p[r])[i]);
@@ -282,6 +293,13 @@ ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* _
   float x[kRoles];
   load_all(AllRoles{}, x, p, i);
   element(x, s, pt);
+  store_all(AllRoles{}, x, p, i);
+}
+ADAMGEN_HD void step_many_at(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
+                             const float* __restrict__ pt) {
+  float x[kRoles];
+  load_all(AllRoles{}, x, p, i);
+  element_many(x, s, pt);
   store_all(AllRoles{}, x, p, i);
 }
 

@@ -295,6 +295,55 @@ ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
   x[6] = v36;
 }
 
+// The same for a tensor of more than one element: a value that is false for every such tensor
+// (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
+ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
+                             const float* __restrict__ pt) {
+  const float v0 = (s[0] * x[5]);
+  const float v1 = 0x1.47ae140000000p-7f;
+  const float v2 = (x[0] * v1);
+  const float v3 = 0x1.0624de0000000p-10f;
+  const float v4 = (v2 * v3);
+  const float v5 = (x[0] - v4);
+  const float v6 = (x[1] + x[6]);
+  const float v7 = 0x1.0000000000000p-2f;
+  const float v8 = (v6 * v7);
+  const float v9 = (v8 * s[3]);
+  const float v10 = (v9 - x[2]);
+  const float v11 = 0x1.99999a0000000p-4f;
+  const float v12 = (v10 * v11);
+  const float v13 = (x[2] + v12);
+  const float v14 = (v13 * s[4]);
+  const float v15 = (v9 * v9);
+  const float v16 = (v15 - x[3]);
+  const float v17 = (v16 * v3);
+  const float v18 = (x[3] + v17);
+  const float v19 = adamgen_max(x[4], v18);
+  const float v20 = sqrtf(v19);
+  const float v21 = 0x1.ad7f2a0000000p-24f;
+  const float v22 = (v20 + v21);
+  const float v23 = (v14 / v22);
+  const float v24 = (v5 - v23);
+  const float v25 = ((s[2] != 0.0f) ? v24 : x[0]);
+  const float v26 = (s[1] * v25);
+  const float v27 = (v0 + v26);
+  const float v28 = (v27 * s[5]);
+  const float v29 = (v25 * s[6]);
+  const float v30 = (v28 + v29);
+  const float v31 = ((s[2] != 0.0f) ? v13 : x[2]);
+  const float v32 = ((s[2] != 0.0f) ? v18 : x[3]);
+  const float v33 = ((s[2] != 0.0f) ? v19 : x[4]);
+  const float v34 = 0x0.0p+0f;
+  const float v35 = (x[6] + x[1]);
+  const float v36 = ((s[2] != 0.0f) ? v34 : v35);
+  x[0] = v30;
+  x[2] = v31;
+  x[3] = v32;
+  x[4] = v33;
+  x[5] = v27;
+  x[6] = v36;
+}
+
 template <int r>
 ADAMGEN_HD void load_one(float (&x)[kRoles], void* const (&p)[kRoles], std::int64_t i) {
   if constexpr (kRoleArg[r] >= 0) x[r] = adamgen_load(static_cast<const Role<r>*>(p[r])[i]);
@@ -321,6 +370,13 @@ ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* _
   float x[kRoles];
   load_all(AllRoles{}, x, p, i);
   element(x, s, pt);
+  store_all(AllRoles{}, x, p, i);
+}
+ADAMGEN_HD void step_many_at(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
+                             const float* __restrict__ pt) {
+  float x[kRoles];
+  load_all(AllRoles{}, x, p, i);
+  element_many(x, s, pt);
   store_all(AllRoles{}, x, p, i);
 }
 

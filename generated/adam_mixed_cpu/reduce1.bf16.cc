@@ -199,6 +199,14 @@ ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
   x[1] = v0;
 }
 
+// The same for a tensor of more than one element: a value that is false for every such tensor
+// (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
+ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
+                             const float* __restrict__ pt) {
+  const float v0 = adamgen_round_bf16((x[0] * x[0]));
+  x[1] = v0;
+}
+
 template <int r>
 ADAMGEN_HD void load_one(float (&x)[kRoles], void* const (&p)[kRoles], std::int64_t i) {
   if constexpr (kRoleArg[r] >= 0) x[r] = adamgen_load(static_cast<const Role<r>*>(p[r])[i]);
@@ -225,6 +233,13 @@ ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* _
   float x[kRoles];
   load_all(AllRoles{}, x, p, i);
   element(x, s, pt);
+  store_all(AllRoles{}, x, p, i);
+}
+ADAMGEN_HD void step_many_at(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
+                             const float* __restrict__ pt) {
+  float x[kRoles];
+  load_all(AllRoles{}, x, p, i);
+  element_many(x, s, pt);
   store_all(AllRoles{}, x, p, i);
 }
 
@@ -392,11 +407,12 @@ struct Chunk {
   std::int64_t end;
 };
 
+// Tensors of more than one element (element_many); a one-element tensor is summed by element.
 ADAMGEN_HD void add_values(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
                            const float* __restrict__ pt, float* __restrict__ acc) {
   float x[kRoles];
   load_all(AllRoles{}, x, p, i);
-  element(x, s, pt);
+  element_many(x, s, pt);
   for (int j = 0; j < kReduce; ++j) acc[j] += x[kFirstSum + j];
 }
 
@@ -445,8 +461,15 @@ adamgen_frame::Status execute(const adamgen_frame::Frame& f) {
   parallel_chunks(f, n_chunks, total, [&](std::int64_t c) {
     void* p[kRoles];
     for (int r = 0; r < kRoles; ++r) p[r] = table.ptr[chunks[c].tensor * kRoles + r];
-    sum_range(p, chunks[c].begin, chunks[c].end, s, pt_all + chunks[c].tensor * kPerTensor,
-              partial + c * kReduce);
+    const float* pt = pt_all + chunks[c].tensor * kPerTensor;
+    if (table.size[chunks[c].tensor] == 1) {
+      float x[kRoles];
+      load_all(AllRoles{}, x, p, 0);
+      element(x, s, pt);
+      for (int j = 0; j < kReduce; ++j) partial[c * kReduce + j] = 0.0f + x[kFirstSum + j];  // as sum_range adds
+    } else {
+      sum_range(p, chunks[c].begin, chunks[c].end, s, pt, partial + c * kReduce);
+    }
   });
   std::fill_n(out, T * kReduce, 0.0f);
   for (std::int64_t c = 0; c < n_chunks; ++c)

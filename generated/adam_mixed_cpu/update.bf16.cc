@@ -220,6 +220,37 @@ ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
   x[3] = v15;
 }
 
+// The same for a tensor of more than one element: a value that is false for every such tensor
+// (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
+ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
+                             const float* __restrict__ pt) {
+  const float pt_0 = pt[0];
+  const float v0 = 0x1.4800000000000p-7f;
+  const float v1 = adamgen_round_bf16((x[0] * v0));
+  const float v2 = 0x1.0600000000000p-10f;
+  const float v3 = adamgen_round_bf16((v1 * v2));
+  const float v4 = adamgen_round_bf16((x[0] - v3));
+  const float v5 = ((pt_0 != 0.0f) ? v4 : x[0]);
+  const float v6 = adamgen_round_bf16((x[1] * s[0]));
+  const float v7 = adamgen_round_bf16((v6 - x[2]));
+  const float v8 = 0x1.9a00000000000p-4f;
+  const float v9 = adamgen_round_bf16((v7 * v8));
+  const float v10 = adamgen_round_bf16((x[2] + v9));
+  const float v11 = adamgen_round_bf16((v10 * s[1]));
+  const float v12 = adamgen_round_bf16((v6 * v6));
+  const float v13 = adamgen_round_bf16((v12 - x[3]));
+  const float v14 = adamgen_round_bf16((v13 * v0));
+  const float v15 = adamgen_round_bf16((x[3] + v14));
+  const float v16 = adamgen_round_bf16(sqrtf(v15));
+  const float v17 = 0x1.ae00000000000p-24f;
+  const float v18 = adamgen_round_bf16((v16 + v17));
+  const float v19 = adamgen_round_bf16((v11 / v18));
+  const float v20 = adamgen_round_bf16((v5 - v19));
+  x[0] = v20;
+  x[2] = v10;
+  x[3] = v15;
+}
+
 template <int r>
 ADAMGEN_HD void load_one(float (&x)[kRoles], void* const (&p)[kRoles], std::int64_t i) {
   if constexpr (kRoleArg[r] >= 0) x[r] = adamgen_load(static_cast<const Role<r>*>(p[r])[i]);
@@ -246,6 +277,13 @@ ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* _
   float x[kRoles];
   load_all(AllRoles{}, x, p, i);
   element(x, s, pt);
+  store_all(AllRoles{}, x, p, i);
+}
+ADAMGEN_HD void step_many_at(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
+                             const float* __restrict__ pt) {
+  float x[kRoles];
+  load_all(AllRoles{}, x, p, i);
+  element_many(x, s, pt);
   store_all(AllRoles{}, x, p, i);
 }
 
@@ -416,7 +454,7 @@ __attribute__((noinline)) void run_range(void* const (&p)[kRoles], std::int64_t 
                                          std::int64_t end, const float* __restrict__ s,
                                          const float* __restrict__ pt) {
   _Pragma("omp simd")
-  for (std::int64_t i = begin; i < end; ++i) step_at(p, i, s, pt);
+  for (std::int64_t i = begin; i < end; ++i) step_many_at(p, i, s, pt);
 }
 
 adamgen_frame::Status execute(const adamgen_frame::Frame& f) {
@@ -435,7 +473,12 @@ adamgen_frame::Status execute(const adamgen_frame::Frame& f) {
   parallel_chunks(f, static_cast<std::int64_t>(chunks.size()), total, [&](std::int64_t c) {
     void* p[kRoles];
     for (int r = 0; r < kRoles; ++r) p[r] = table.ptr[chunks[c].tensor * kRoles + r];
-    run_range(p, chunks[c].begin, chunks[c].end, s, pt_all + chunks[c].tensor * kPerTensor);
+    const float* pt = pt_all + chunks[c].tensor * kPerTensor;
+    if (table.size[chunks[c].tensor] == 1) {
+      step_at(p, 0, s, pt);  // a one-element tensor: the general body
+    } else {
+      run_range(p, chunks[c].begin, chunks[c].end, s, pt);
+    }
   });
   return adamgen_frame::ok();
 }
