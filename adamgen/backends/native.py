@@ -170,12 +170,14 @@ class NativeExecutor(JaxExecutor):
 
     def step(self, params: list, grads: list, slots: dict, step, runtime: dict):
         self._check_device(params[0])
-        shardings = _spread_shardings(params)
+        spread = _spread_shardings(params)
+        slot_spread = {k: _spread_shardings(v) for k, v in slots.items() if isinstance(v, list)}
         new_params, new_slots, new_step = self._step_any(params, grads, slots, step, runtime)
-        if shardings is not None:
-            # XLA gathers a param spread over several devices before the custom call, which
-            # updates it whole and returns it replicated: give it back in its own sharding.
-            new_params = [p if s is None else jax.device_put(p, s, donate=True) for p, s in zip(new_params, shardings)]
+        # XLA gathers an array spread over several devices before the custom call, which updates
+        # it whole and returns it replicated: give params (and params-shaped slots) back in
+        # their own sharding. Packed slabs stay as XLA returns them (whole on every device).
+        new_params = _restore_shardings(new_params, spread)
+        new_slots = {k: _restore_shardings(v, slot_spread.get(k)) for k, v in new_slots.items()}
         return new_params, new_slots, new_step
 
     def _step_any(self, params: list, grads: list, slots: dict, step, runtime: dict):
@@ -257,16 +259,34 @@ class NativeExecutor(JaxExecutor):
         return run
 
 
-def _spread_shardings(params: list) -> list | None:
-    """Per param, its sharding where it spans several devices (else None); None when no param
-    does, or when the step is being traced (the caller's jit decides its outputs' shardings)."""
-    first = params[0]
-    if isinstance(first, jax.core.Tracer) or not isinstance(first, jax.Array) or len(first.sharding.device_set) == 1:
-        return None  # one leaf only, on every call: a jit's arrays all span the same devices
-    if any(isinstance(p, jax.core.Tracer) or not isinstance(p, jax.Array) for p in params):
+def _spread_shardings(leaves: list) -> list | None:
+    """Per leaf, its sharding where it spans several devices (else None); None when no leaf
+    does, or when the step is being traced (the caller's jit decides its outputs' shardings).
+    With one device nothing is looked at; a committed first leaf on one device answers for
+    all (a jit's committed arrays share their devices); else every leaf is looked at."""
+    if not leaves or jax.device_count() == 1:
         return None
-    out = [p.sharding if len(p.sharding.device_set) > 1 else None for p in params]
+    if isinstance(leaves[0], jax.core.Tracer) or not isinstance(leaves[0], jax.Array):
+        return None
+    first = leaves[0]
+    if first.committed and len(first.sharding.device_set) == 1:
+        return None  # one leaf looked at, on every call
+    if any(isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array) for x in leaves):
+        return None
+    out = [x.sharding if len(x.sharding.device_set) > 1 else None for x in leaves]
     return out if any(s is not None for s in out) else None
+
+
+def _restore_shardings(leaves, shardings: list | None):
+    """`leaves` with each one that `shardings` names put back there, in one batched transfer."""
+    if shardings is None or not isinstance(leaves, list):
+        return leaves
+    idx = [i for i, s in enumerate(shardings) if s is not None]
+    moved = jax.device_put([leaves[i] for i in idx], [shardings[i] for i in idx], donate=True)
+    out = list(leaves)
+    for i, x in zip(idx, moved):
+        out[i] = x
+    return out
 
 
 @dataclass(frozen=True)
