@@ -15,6 +15,8 @@ templates were ~90% of a kernel's compile, and they are the same for every kerne
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
 import functools
 import hashlib
 import os
@@ -194,23 +196,34 @@ def _build(compiler: Compiler, source: str, suffix: str, flags: tuple[str, ...],
            out_ext: str, cache_dir: Path | None, objects: tuple[Path, ...] = (),
            make_objects: Callable[[], None] | None = None) -> Path:
     """The cached build of ``source`` linked with ``objects``; on a miss, ``make_objects`` first
-    (a hit needs none of them: they are inside the library)."""
+    (a hit needs none of them: they are inside the library). A build and its digest are read
+    under a shared lock and written under an exclusive one (a file lock per entry), so two
+    processes never see one's library beside the other's digest, nor compile the same entry
+    twice."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = _target(compiler, source, flags, out_ext, cache_dir, objects)
-    if _intact(target):
+    with _entry_lock(target, exclusive=False):
+        state = _entry_state(target)
+    if state == "ok":
         return target
-    if make_objects is not None:
-        make_objects()
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
-        src = Path(tmp) / f"kernel{suffix}"
-        src.write_text(source)
-        tmp_out = Path(tmp) / f"out{out_ext}"
-        _run_compiler([str(compiler.path), *flags, str(src), *map(str, objects), "-o", str(tmp_out)], source)
-        digest = Path(tmp) / "out.sha256"
-        digest.write_text(_file_digest(tmp_out))
-        os.replace(tmp_out, target)
-        os.replace(digest, _digest_path(target))
+    if state == "damaged":
+        warnings.warn(f"adamgen: the cached build {target} does not match its recorded digest (a damaged "
+                      "cache file); rebuilding it", RuntimeWarning, stacklevel=3)
+    with _entry_lock(target, exclusive=True):
+        if state == "missing" and _entry_state(target) == "ok":
+            return target  # another process built it while this one waited
+        if make_objects is not None:
+            make_objects()
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
+            src = Path(tmp) / f"kernel{suffix}"
+            src.write_text(source)
+            tmp_out = Path(tmp) / f"out{out_ext}"
+            _run_compiler([str(compiler.path), *flags, str(src), *map(str, objects), "-o", str(tmp_out)], source)
+            digest = Path(tmp) / "out.sha256"
+            digest.write_text(_file_digest(tmp_out))
+            os.replace(tmp_out, target)
+            os.replace(digest, _digest_path(target))
     return target
 
 
@@ -222,17 +235,31 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _intact(target: Path) -> bool:
-    """Whether a cached build can be used: it exists and matches the digest written with it. A
-    build from before digests were kept is rebuilt quietly; a damaged one with a warning."""
+def _entry_state(target: Path) -> str:
+    """"ok" (it exists and matches the digest written with it), "missing" (not built, or built
+    before digests were kept: rebuilt quietly) or "damaged" (rebuilt with a warning). In a cache
+    this process cannot write, a build without a digest is taken as it is."""
     digest = _digest_path(target)
-    if not target.is_file() or not digest.is_file():
-        return False
-    if digest.read_text().strip() == _file_digest(target):
-        return True
-    warnings.warn(f"adamgen: the cached build {target} does not match its recorded digest (a damaged "
-                  "cache file); rebuilding it", RuntimeWarning, stacklevel=3)
-    return False
+    if not target.is_file():
+        return "missing"
+    if not digest.is_file():
+        return "ok" if not os.access(target.parent, os.W_OK) else "missing"
+    return "ok" if digest.read_text().strip() == _file_digest(target) else "damaged"
+
+
+@contextlib.contextmanager
+def _entry_lock(target: Path, exclusive: bool):
+    """flock on `<entry>.lock`; none in a cache this process cannot write (nobody writes it)."""
+    try:
+        fd = os.open(f"{target}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 # -- the host FFI binding ---------------------------------------------------------------------

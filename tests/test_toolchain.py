@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import os
 import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +73,40 @@ def test_a_cache_entry_without_its_digest_is_rebuilt_quietly(tmp_path, recwarn):
     assert toolchain.compile_host(ADD_ONE + "// old\n", cache_dir=tmp_path) == lib
     assert digest.is_file() and not [w for w in recwarn if "digest" in str(w.message)]
     assert ctypes.CDLL(str(lib)).add_one(2) == 3
+
+
+def _build_and_report(cache_dir: str, queue) -> None:
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lib = toolchain.compile_host(ADD_ONE + "// raced\n", cache_dir=Path(cache_dir))
+    queue.put((str(lib), ctypes.CDLL(str(lib)).add_one(4), [str(w.message) for w in caught]))
+
+
+def test_processes_building_one_entry_at_once_agree_and_warn_nothing(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_build_and_report, args=(str(tmp_path), queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert len({lib for lib, _, _ in results}) == 1
+    assert all(value == 5 for _, value, _ in results)
+    assert not [w for _, _, ws in results for w in ws if "digest" in w], results
+    assert len(list(tmp_path.glob("*.so"))) == 1
+
+
+def test_a_read_only_cache_serves_an_entry_without_a_digest(tmp_path, monkeypatch):
+    lib = toolchain.compile_host(ADD_ONE + "// read-only\n", cache_dir=tmp_path)
+    lib.with_name(lib.name + ".sha256").unlink()  # built before digests were kept
+    mtime = lib.stat().st_mtime_ns
+    # as for a user who cannot write the cache (chmod does not stop root, who runs CI)
+    real_access = os.access
+    monkeypatch.setattr(toolchain.os, "access", lambda path, mode: False if mode == os.W_OK else real_access(path, mode))
+    assert toolchain.compile_host(ADD_ONE + "// read-only\n", cache_dir=tmp_path) == lib
+    assert lib.stat().st_mtime_ns == mtime  # served, not rebuilt
 
 
 def test_compile_all_builds_each_source_in_order(monkeypatch, tmp_path):
