@@ -15,15 +15,21 @@ import argparse
 import contextlib
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import jax
-import ml_dtypes
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import adamgen
-import adamgen.backends.jax as backend_jax
-import adamgen.lower as lower
+import jax  # noqa: E402
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+
+import adamgen  # noqa: E402
+import adamgen.backends.jax as backend_jax  # noqa: E402
+import adamgen.lower as lower  # noqa: E402
+from adam_peers import adamgen_in_jit  # noqa: E402
 
 SPEC = dict(learning_rate=1e-3, beta_2=0.99, loss_scale_factor=100.0, clipnorm=1.0)  # 0.999 is 1 in bfloat16
 
@@ -40,18 +46,12 @@ def reciprocal_for_every_tensor():
         lower._Ctx.scale, backend_jax.takes_single = scale, takes
 
 
-def in_jit(opt, k: int):
-    def steps(p, s, g):
-        return jax.lax.fori_loop(0, k, lambda i, c: opt.apply(g, c[1], c[0]), (p, s))
-    return jax.jit(steps, donate_argnums=(0, 1))
-
-
 def prepared(params, grads, k: int, old: bool) -> list:
     """[run, params, state]: built, traced and run once (inside the patch when `old`)."""
     with reciprocal_for_every_tensor() if old else contextlib.nullcontext():
         opt = adamgen.build(adamgen.AdamSpec(**SPEC), target="cpu")
         p = [jax.device_put(x) for x in params]
-        run = in_jit(opt, k)
+        run = adamgen_in_jit(opt, k)
         p, s = run(p, opt.init(p), grads)
         jax.block_until_ready(p)
     return [run, p, s]

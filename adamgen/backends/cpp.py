@@ -262,21 +262,22 @@ def render_elementwise(fn: Function, dtype: str, false_when_many: frozenset[str]
         return tuple(_pertensor_reads(pertensor) + body)
 
     roles = tuple(RoleSpec(n.attr("name"), dtype, read=True, written=n.attr("name") in written) for n in tensors)
-    many = _names_when_many(names, pertensor, false_when_many)
+    body, body_many = _bodies(body_for, names, pertensor, false_when_many)
     return RenderedKernel(roles, tuple(n.attr("name") for n in scalars),
-                          tuple(n.attr("name") for n in pertensor), body_for(names),
-                          body_many=body_for(many) if many != names else ())
+                          tuple(n.attr("name") for n in pertensor), body, body_many=body_many)
 
 
-def _names_when_many(names: dict[str, str], pertensor: list[Node], false_when_many: frozenset[str]) -> dict[str, str]:
-    """`names` with each per-tensor bool input of `false_when_many` read as `false`."""
-    out = dict(names)
+def _bodies(body_for: Callable[[dict[str, str]], tuple[str, ...]], names: dict[str, str], pertensor: list[Node],
+            false_when_many: frozenset[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(body, body_many): the body as `names` read the inputs, and again with each per-tensor
+    bool input of `false_when_many` read as `false` (() when there is none)."""
+    many = dict(names)
     for n in pertensor:
         if n.attr("name") in false_when_many:
             if n.dtype != "bool":
                 raise ValueError(f"false_when_many: per-tensor input {n.attr('name')!r} is {n.dtype}, not bool")
-            out[n.attr("name")] = "false"
-    return out
+            many[n.attr("name")] = "false"
+    return body_for(names), body_for(many) if many != names else ()
 
 
 def render_reduce(fn: Function, dtype: str, false_when_many: frozenset[str] = frozenset()) -> RenderedKernel:
@@ -298,8 +299,7 @@ def render_reduce(fn: Function, dtype: str, false_when_many: frozenset[str] = fr
 
     roles = tuple(RoleSpec(n.attr("name"), dtype, read=True, written=False) for n in tensors)
     roles += tuple(RoleSpec(f"sum_{name}", "f32", read=False, written=False) for name, _ in fn.outputs)
-    many = _names_when_many(names, pertensor, false_when_many)
+    body, body_many = _bodies(body_for, names, pertensor, false_when_many)
     return RenderedKernel(roles, tuple(n.attr("name") for n in scalars),
-                          tuple(n.attr("name") for n in pertensor), body_for(names),
-                          outputs=tuple(name for name, _ in fn.outputs),
-                          body_many=body_for(many) if many != names else ())
+                          tuple(n.attr("name") for n in pertensor), body,
+                          outputs=tuple(name for name, _ in fn.outputs), body_many=body_many)

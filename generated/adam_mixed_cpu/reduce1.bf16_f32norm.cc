@@ -157,6 +157,7 @@ ADAMGEN_HD float adamgen_round_bf16(float f) {
   const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
   return adamgen_float(adamgen_pick((u & 0x7fffffffu) > 0x7f800000u, nan, rounded));
 }
+// NumPy's maximum/minimum: a NaN operand gives NaN.
 ADAMGEN_HD float adamgen_max(float a, float b) { return (a != a || a > b) ? a : ((b != b || b > a) ? b : a); }
 ADAMGEN_HD float adamgen_min(float a, float b) { return (a != a || a < b) ? a : ((b != b || b < a) ? b : a); }
 // Python's // and % on ints (floor division; x % 0 == 0 as the IR defines it).
@@ -228,18 +229,17 @@ ADAMGEN_HD void store_all(std::integer_sequence<int, r...>, const float (&x)[kRo
 using AllRoles = std::make_integer_sequence<int, kRoles>;
 
 // One element of every role at index i of the role pointers p.
+// kMany: the tensor has more than one element (element_many), else the general body.
+template <bool kMany = false>
 ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
                         const float* __restrict__ pt) {
   float x[kRoles];
   load_all(AllRoles{}, x, p, i);
-  element(x, s, pt);
-  store_all(AllRoles{}, x, p, i);
-}
-ADAMGEN_HD void step_many_at(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
-                             const float* __restrict__ pt) {
-  float x[kRoles];
-  load_all(AllRoles{}, x, p, i);
-  element_many(x, s, pt);
+  if constexpr (kMany) {
+    element_many(x, s, pt);
+  } else {
+    element(x, s, pt);
+  }
   store_all(AllRoles{}, x, p, i);
 }
 
@@ -407,12 +407,17 @@ struct Chunk {
   std::int64_t end;
 };
 
-// Tensors of more than one element (element_many); a one-element tensor is summed by element.
+// kMany: the tensor has more than one element (element_many), else the general body.
+template <bool kMany>
 ADAMGEN_HD void add_values(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
                            const float* __restrict__ pt, float* __restrict__ acc) {
   float x[kRoles];
   load_all(AllRoles{}, x, p, i);
-  element_many(x, s, pt);
+  if constexpr (kMany) {
+    element_many(x, s, pt);
+  } else {
+    element(x, s, pt);
+  }
   for (int j = 0; j < kReduce; ++j) acc[j] += x[kFirstSum + j];
 }
 
@@ -427,9 +432,9 @@ __attribute__((noinline)) void sum_range(void* const (&p)[kRoles], std::int64_t 
   std::int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
 #pragma omp simd
-    for (int l = 0; l < kLanes; ++l) add_values(p, i + l, s, pt, lanes[l]);
+    for (int l = 0; l < kLanes; ++l) add_values<true>(p, i + l, s, pt, lanes[l]);
   }
-  for (; i < end; ++i) add_values(p, i, s, pt, lanes[0]);
+  for (; i < end; ++i) add_values<true>(p, i, s, pt, lanes[0]);
   for (int j = 0; j < kReduce; ++j) {
     float total = 0.0f;
     for (int l = 0; l < kLanes; ++l) total += lanes[l][j];
@@ -463,10 +468,9 @@ adamgen_frame::Status execute(const adamgen_frame::Frame& f) {
     for (int r = 0; r < kRoles; ++r) p[r] = table.ptr[chunks[c].tensor * kRoles + r];
     const float* pt = pt_all + chunks[c].tensor * kPerTensor;
     if (table.size[chunks[c].tensor] == 1) {
-      float x[kRoles];
-      load_all(AllRoles{}, x, p, 0);
-      element(x, s, pt);
-      for (int j = 0; j < kReduce; ++j) partial[c * kReduce + j] = 0.0f + x[kFirstSum + j];  // as sum_range adds
+      float acc[kReduce] = {};
+      add_values<false>(p, 0, s, pt, acc);  // a one-element tensor: the general body
+      std::copy_n(acc, kReduce, partial + c * kReduce);
     } else {
       sum_range(p, chunks[c].begin, chunks[c].end, s, pt, partial + c * kReduce);
     }

@@ -155,6 +155,7 @@ ADAMGEN_HD float adamgen_round_bf16(float f) {
   const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
   return adamgen_float(adamgen_pick((u & 0x7fffffffu) > 0x7f800000u, nan, rounded));
 }
+// NumPy's maximum/minimum: a NaN operand gives NaN.
 ADAMGEN_HD float adamgen_max(float a, float b) { return (a != a || a > b) ? a : ((b != b || b > a) ? b : a); }
 ADAMGEN_HD float adamgen_min(float a, float b) { return (a != a || a < b) ? a : ((b != b || b < a) ? b : a); }
 // Python's // and % on ints (floor division; x % 0 == 0 as the IR defines it).
@@ -272,18 +273,17 @@ ADAMGEN_HD void store_all(std::integer_sequence<int, r...>, const float (&x)[kRo
 using AllRoles = std::make_integer_sequence<int, kRoles>;
 
 // One element of every role at index i of the role pointers p.
+// kMany: the tensor has more than one element (element_many), else the general body.
+template <bool kMany = false>
 ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
                         const float* __restrict__ pt) {
   float x[kRoles];
   load_all(AllRoles{}, x, p, i);
-  element(x, s, pt);
-  store_all(AllRoles{}, x, p, i);
-}
-ADAMGEN_HD void step_many_at(void* const (&p)[kRoles], std::int64_t i, const float* __restrict__ s,
-                             const float* __restrict__ pt) {
-  float x[kRoles];
-  load_all(AllRoles{}, x, p, i);
-  element_many(x, s, pt);
+  if constexpr (kMany) {
+    element_many(x, s, pt);
+  } else {
+    element(x, s, pt);
+  }
   store_all(AllRoles{}, x, p, i);
 }
 
@@ -454,7 +454,7 @@ __attribute__((noinline)) void run_range(void* const (&p)[kRoles], std::int64_t 
                                          std::int64_t end, const float* __restrict__ s,
                                          const float* __restrict__ pt) {
   _Pragma("omp simd")
-  for (std::int64_t i = begin; i < end; ++i) step_many_at(p, i, s, pt);
+  for (std::int64_t i = begin; i < end; ++i) step_at<true>(p, i, s, pt);
 }
 
 adamgen_frame::Status execute(const adamgen_frame::Frame& f) {
