@@ -33,6 +33,15 @@ from adamgen.ir.printer import print_module
 from adamgen.lower import norm_dtype_for, parse_variant, scalar_inputs_for, slots_for, variant
 
 FORMAT = 1
+# The step's numbers: bumped when a change makes a built step compute other bits. An artifact
+# records the version it was built with (none before 1); loading an older one warns, and
+# `adamgen rebuild DIR` builds it again from its own spec, target, dtypes and knobs.
+SEMANTICS = 1
+SEMANTICS_CHANGES = {
+    1: "the scalar part keeps Keras' arithmetic under XLA (no constant folding, no x / c rewritten as "
+       "x * (1/c)), float16/bfloat16 values are rounded after every op, and one-element tensors are "
+       "divided by the loss scale and clipnorm's max(n, c) exactly",
+}
 INIT_PY = '''"""adamgen artifact {name}: `from {pkg} import optimizer` loads it."""
 from pathlib import Path as _Path
 
@@ -42,7 +51,8 @@ optimizer = _adamgen.load(_Path(__file__).parent)
 '''
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
+    """The digest a manifest or build.json lists for a file's bytes."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -110,6 +120,7 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
     files["__init__.py"] = INIT_PY.format(name=pkg, pkg=pkg).encode()
     manifest = {
         "format": FORMAT,
+        "semantics": SEMANTICS,
         "name": spec.name,
         "target": target,
         "dtypes": list(variants),
@@ -117,13 +128,13 @@ def write_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...] = (
         "spec_hash": spec.content_hash(),
         "versions": {"adamgen": adamgen.__version__, "jax": jax.__version__},
         **(manifest_extra or {}),
-        "files": {k: _sha256(v) for k, v in sorted(files.items())},
+        "files": {k: sha256_hex(v) for k, v in sorted(files.items())},
     }
     files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     if binaries:
         # Machine-specific: compiled libraries and how they were built live apart from the
         # reproducible files, in build.json; a loader rebuilds from source when they are absent.
-        info = {**(build_info or {}), "binaries": {k: _sha256(v) for k, v in sorted(binaries.items())}}
+        info = {**(build_info or {}), "binaries": {k: sha256_hex(v) for k, v in sorted(binaries.items())}}
         files.update(binaries)
         files["build.json"] = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
     _write_atomically(out_dir, files)
@@ -167,7 +178,9 @@ def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
         raise
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Path, check_semantics: bool = True) -> dict:
+    """The artifact's manifest, after checking its format, semantics version (unless told not to:
+    a rebuild takes an artifact of any version) and every listed file's hash."""
     path = Path(path)
     manifest_file = path / "manifest.json"
     if not manifest_file.is_file():
@@ -178,13 +191,55 @@ def read_manifest(path: Path) -> dict:
         raise ValueError(f"{manifest_file}: not valid JSON ({exc}); rebuild the artifact") from exc
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: artifact format {manifest.get('format')!r}, this adamgen reads {FORMAT}")
+    if check_semantics:
+        _check_semantics(path, manifest)
     for name, digest in manifest["files"].items():
         if not (path / name).is_file():
             raise ValueError(f"{path}: the artifact is missing {name}, which its manifest lists; rebuild the artifact")
         data = (path / name).read_bytes()
-        if _sha256(data) != digest:
+        if sha256_hex(data) != digest:
             raise ValueError(f"{path}/{name}: content does not match the manifest hash; rebuild the artifact")
     return manifest
+
+
+def _check_semantics(path: Path, manifest: dict) -> None:
+    """An artifact from a newer adamgen is refused; one from an older one loads, with a warning
+    that names what changed since and how to rebuild it."""
+    built = manifest.get("semantics", 0)
+    if not isinstance(built, int) or isinstance(built, bool) or built < 0:
+        raise ValueError(f"{path}: manifest semantics must be a non-negative int, got {built!r}; rebuild the artifact")
+    if built > SEMANTICS:
+        raise ValueError(f"{path}: built by a newer adamgen (semantics version {built}; this adamgen knows up "
+                         f"to {SEMANTICS}): upgrade adamgen, or rebuild the artifact with `adamgen rebuild {path}`")
+    if built < SEMANTICS:
+        import warnings
+        changes = "; ".join(SEMANTICS_CHANGES[v] for v in range(built + 1, SEMANTICS + 1))
+        warnings.warn(f"{path} was built by an earlier adamgen (semantics version {built}, now {SEMANTICS}): "
+                      f"its steps can differ from Keras' by an ulp or more where since then {changes}. "
+                      f"`adamgen rebuild {path}` builds it again with this adamgen", stacklevel=4)
+
+
+def base_dtypes(manifest: dict) -> tuple[str, ...]:
+    """The param dtypes an artifact was built for (its manifest also lists the f32-norm variants)."""
+    return tuple(d for d in manifest["dtypes"] if parse_variant(d) == (d, d))
+
+
+def rebuild_artifact(path, out_dir=None) -> Path:
+    """Build an artifact again with this adamgen from its own spec, target, dtypes and kernel knobs
+    (a tuned artifact keeps its tuned knobs and their record): into `out_dir`, or in place."""
+    from adamgen.spec import AdamSpec
+
+    path = Path(path)
+    manifest = read_manifest(path, check_semantics=False)
+    out = Path(out_dir) if out_dir is not None else path
+    check_output_dir(out)
+    spec = AdamSpec.from_json((path / "spec.json").read_text())
+    target = manifest["target"]
+    if target == "jax":
+        return write_artifact(spec, "jax", out, base_dtypes(manifest))
+    from adamgen.backends.native_artifact import artifact_build_settings, write_native_artifact
+    caps, record = artifact_build_settings(path, manifest)
+    return write_native_artifact(spec, target, out, base_dtypes(manifest), caps=caps, tune_record=record)
 
 
 def load_artifact(path):
@@ -209,8 +264,8 @@ def load_artifact(path):
     if target == "jax":
         from adamgen.backends.jax import JaxExecutor
         executor = JaxExecutor(spec, module_for)
-        exports = {d: path / f"step.{d}.jaxexport" for d in manifest["dtypes"] if parse_variant(d) == (d, d)}
+        exports = {d: path / f"step.{d}.jaxexport" for d in base_dtypes(manifest)}
         executor.exported = {d: jax.export.deserialize(bytearray(p.read_bytes())) for d, p in exports.items()}
         return Optimizer(spec, target, executor, donates=True)
-    from adamgen.backends.native import load_native_executor
+    from adamgen.backends.native_artifact import load_native_executor
     return Optimizer(spec, target, load_native_executor(spec, module_for, path, manifest), donates=True)

@@ -2,6 +2,7 @@
 
     adamgen build --amsgrad --weight-decay 0.01 --global-clipnorm 1.0 --target jax
     adamgen build --emit ir-opt --use-ema
+    adamgen rebuild generated/adam          # an artifact built by an earlier adamgen, again
 """
 from __future__ import annotations
 
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=PARAM_DTYPES, default="f32", help="param dtype (default f32)")
     t.add_argument("--params", type=int, default=1 << 22, help="representative model size (picks the size bucket)")
     t.add_argument("--cache", type=Path, default=None, help="tuning cache file (default: user cache dir)")
+    rb = sub.add_parser("rebuild", help="build an artifact again with this adamgen (same spec, target, dtypes, knobs)")
+    rb.add_argument("artifact", type=Path, help="the artifact directory")
+    rb.add_argument("-o", "--output", type=Path, default=None, help="write the new artifact here (default: in place)")
     bn = sub.add_parser("bench", help="run the benchmark suite of a source checkout (bench/bench_adam.py)")
     bn.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/bench_adam.py, e.g. --quick")
     d = sub.add_parser("demo", help="build an artifact, load it in a fresh process and train a small model")
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         from adamgen.demo import run_demo
         run_demo(args.target, args.steps)
         return 0
+    if args.command == "rebuild":
+        return _rebuild(args.artifact, args.output)
     try:
         spec = spec_from_args(args)
     except (ValueError, TypeError) as exc:
@@ -224,7 +230,7 @@ def _write(spec, args, out: Path, dtypes: tuple[str, ...]) -> None:
         from adamgen.aot import write_artifact
         write_artifact(spec, "jax", out, dtypes)
         return
-    from adamgen.backends.native import write_native_artifact
+    from adamgen.backends.native_artifact import write_native_artifact
     from adamgen.backends.cpp import CAPABILITIES
     caps, record = CAPABILITIES[args.target], None
     if args.tune:
@@ -232,6 +238,22 @@ def _write(spec, args, out: Path, dtypes: tuple[str, ...]) -> None:
         result = tune(spec, args.target, dtypes[0])
         caps, record = result.config.apply(caps), result.record()
     write_native_artifact(spec, args.target, out, dtypes, caps=caps, tune_record=record)
+
+
+def _rebuild(artifact: Path, output: Path | None) -> int:
+    from adamgen.aot import rebuild_artifact
+
+    try:
+        out = rebuild_artifact(artifact, output)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"adamgen: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"adamgen: error: cannot write the artifact to {str(output or artifact)!r}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    print(out)
+    return 0
 
 
 def _bench(bench_args: list[str]) -> int:

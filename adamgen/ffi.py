@@ -206,7 +206,18 @@ def render(ctx: KernelContext, platform: str) -> str:
                          f"({ctx.symbol}), got {ctx.chunk_elems}")
     table = REDUCE_TEMPLATES if ctx.n_reduce else TEMPLATES
     return ENV.get_template(table[platform]).render(**asdict(ctx), loop_pragma=loop_pragma(ctx.unroll),
-                                                    cuda_arg_limit_bytes=CUDA_ARG_LIMIT_BYTES)
+                                                    cuda_arg_limit_bytes=CUDA_ARG_LIMIT_BYTES,
+                                                    one_element_body="true" if ctx.body_many != ctx.body else "false")
+
+
+def templates_hash() -> str:
+    """16 hex chars of sha256 over every template file's path and bytes: an artifact records it,
+    so a loader can tell a kernel source from other templates (another adamgen) from an edited one."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in TEMPLATE_DIR.rglob("*") if p.is_file()):
+        h.update(path.relative_to(TEMPLATE_DIR).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def loop_pragma(unroll: int) -> str:

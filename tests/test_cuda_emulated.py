@@ -24,8 +24,8 @@ import pytest
 
 import adamgen
 from adamgen import ffi, toolchain
-from adamgen.backends.cpp import CUDA
-from adamgen.backends.native import kernel_for
+from adamgen.backends.cpp import CUDA, HOST
+from adamgen.backends.native import kernel_for, one_element_conditions
 from adamgen.compiler import compile_spec
 from adamgen.ir.interp import run_function
 from tests.test_native import SPECS, _bits, _inputs, _role_arrays, _unpack
@@ -134,9 +134,12 @@ def test_cuda_tuning_knobs_bit_exact_against_interpreter(name, dtype, knobs):
     itemsize = 2 if dtype == "bf16" else 4
     assert native.ctx.vec_elems == max(1, knobs.get("vector_bytes", CUDA.vector_bytes) // itemsize)
     r = native.rendered
-    unrolled_loop = "i += kUnroll * kStride) vstep_unrolled("
-    kernel = emulated(native.ctx, lambda src: src.replace(
-        unrolled_loop, "i += kUnroll * kStride) adamgen_emu_count_unrolled(), vstep_unrolled("))
+    unrolled_loop = "i += kUnroll * kStride) vstep_unrolled<kMany>("
+
+    def count_unrolled(source: str) -> str:
+        assert source.count(unrolled_loop) == 1, "the CUDA template changed: no single unrolled loop"
+        return source.replace(unrolled_loop, "i += kUnroll * kStride) adamgen_emu_count_unrolled(), vstep_unrolled<kMany>(")
+    kernel = emulated(native.ctx, count_unrolled)
     rng = np.random.default_rng(sum(map(ord, name + dtype)) + len(knobs))
     inputs = _inputs(fn, dtype, rng, KNOB_SHAPES, module=module)
     want = run_function(fn, inputs, len(KNOB_SHAPES))
@@ -198,3 +201,37 @@ def test_emulated_kernel_catches_a_broken_chunk_walk():
     outs = ffi.call(kernel, _scalars(r, inputs), [_role_arrays(role, inputs[role.name]) for role in r.roles])
     param = np.asarray(outs[[role.name for role in r.roles if role.written].index("param")][0])
     assert not np.array_equal(param, want["param"][0])
+
+
+def test_cuda_one_element_tensors_take_the_general_body():
+    """A one-element tensor divides by the loss scale and clipnorm's max(n, c) exactly; longer
+    ones take element_many, the body without that division, in the vector path and the scalar
+    tail alike. The data tells the two forms apart: the interpreter with every one-element flag
+    false gives other bits for some of the one-element tensors."""
+    spec = adamgen.AdamSpec(learning_rate=0.01, loss_scale_factor=100.0, clipnorm=100.0)
+    module = compile_spec(spec, "f32").kernels
+    fn = module.function("update")
+    native = kernel_for(module, "f32", replace(CUDA, **EMU))
+    assert "kOneElementBody = true;" in native.source
+    r = native.rendered
+    kernel = emulated(native.ctx)
+    shapes = [(1,)] * 6 + [()] * 2 + [(3,), (130,), (1000,)]
+    inputs = _inputs(fn, "f32", np.random.default_rng(5), shapes, module=module)
+    want = run_function(fn, inputs, len(shapes))
+    flipped = dict(inputs, **{name: np.zeros(len(shapes), bool) for name in one_element_conditions(module)})
+    other = run_function(fn, flipped, len(shapes))
+    one = [t for t, s in enumerate(shapes) if int(np.prod(s)) == 1]
+    assert any(not np.array_equal(_bits(other["param"][t]), _bits(want["param"][t])) for t in one)
+    args = [_role_arrays(role, inputs[role.name]) for role in r.roles]
+    outs = jax.block_until_ready(ffi.call(kernel, _scalars(r, inputs), args, _pertensor(r, inputs, len(shapes))))
+    written = [role for role in r.roles if role.written]
+    got = {role.name: _unpack(role, values, shapes, native.ctx.slab_align_bytes) for role, values in zip(written, outs)}
+    for key in want:
+        for t, (a, b) in enumerate(zip(got[key], want[key])):
+            np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=f"{key} tensor {t} of shape {shapes[t]}")
+
+
+def test_a_spec_without_one_element_cases_renders_one_body():
+    module = compile_spec(adamgen.AdamSpec(), "f32").kernels
+    for target in (CUDA, HOST):
+        assert "kOneElementBody = false;" in kernel_for(module, "f32", target).source

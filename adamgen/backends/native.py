@@ -9,7 +9,6 @@ templates, compiled ahead of time (toolchain.py) and registered with XLA (ffi.py
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -26,7 +25,6 @@ from adamgen.ir.ops import Op
 from adamgen.lower import module_variant
 from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
 
-SOURCE_SUFFIX = {"cpu": "cc", "cuda": "cu"}
 JAX_PLATFORM_OF = {"cpu": "cpu", "cuda": "gpu"}  # a native target's platform -> jax Device.platform
 # The Capabilities fields a tuner may set; the artifact manifest records each of them.
 TUNABLE = ("chunk_elems", "tensors_per_call", "block_threads", "threads", "unroll", "vector_bytes",
@@ -311,72 +309,3 @@ def role_is_packed(value, n_calls: int) -> bool:
         raise ValueError(f"packed slot has {len(value.slabs)} slabs for {n_calls} calls; "
                          "the state was made with another tensors_per_call")
     return True
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, ...],
-                          caps: Capabilities | None = None, tune_record: dict | None = None) -> Path:
-    """An artifact whose kernels are native: rendered source + compiled library per dtype.
-
-    The libraries and the compiler that built them are recorded in build.json (machine-specific);
-    the sources, IR, spec and manifest are the reproducible files that snapshots diff.
-    """
-    from adamgen.aot import write_artifact
-
-    caps = caps or CAPABILITIES[target]
-    compiler = toolchain.find_host_compiler() if target == "cpu" else toolchain.find_cuda_compiler()
-    binaries: dict[str, bytes] = {}
-
-    def extra_files(dtype: str, module: Module) -> dict[str, bytes]:
-        natives = {name: kernel_for(module, dtype, caps, name) for name in native_kernel_names(module)}
-        libs = toolchain.compile_all([native.source for native in natives.values()], caps.platform)
-        files = {}
-        for (name, native), lib in zip(natives.items(), libs):
-            binaries[f"{name}.{dtype}.so"] = Path(lib).read_bytes()
-            files[f"{name}.{dtype}.{SOURCE_SUFFIX[target]}"] = native.source.encode()
-        return files
-
-    build_info = {"compiler": {"kind": compiler.kind, "version": toolchain.compiler_version(compiler.kind),
-                             "flags": list(toolchain.host_flags() if target == "cpu" else toolchain.cuda_flags())},
-                "tune": tune_record or {"status": "untuned", "reason": "built without --tune: documented defaults"}}
-    # The kernel knobs shape the source, so they are part of the reproducible manifest.
-    knobs = {"capabilities": {"fma": caps.fma, **{key: getattr(caps, key) for key in TUNABLE}}}
-    return write_artifact(spec, target, out_dir, dtypes, extra_files=extra_files, build_info=build_info,
-                          binaries=binaries, manifest_extra=knobs)
-
-
-def load_native_executor(spec, module_for, path: Path, manifest: dict) -> NativeExecutor:
-    """Use the artifact's libraries when they are present and intact; else rebuild from its source."""
-    import json
-
-    target = manifest["target"]
-    build_file = path / "build.json"
-    listed = {}
-    if build_file.is_file():
-        try:
-            listed = json.loads(build_file.read_text()).get("binaries", {})
-        except ValueError:
-            import warnings
-            warnings.warn(f"{build_file} is not valid JSON: its libraries are ignored and the kernels are "
-                          "compiled from the artifact's source", stacklevel=3)
-    binaries = {}
-    for name, digest in listed.items():
-        lib = path / name
-        if lib.is_file() and _sha256(lib.read_bytes()) == digest:
-            binaries[name.removesuffix(".so")] = lib
-    caps = CAPABILITIES[target]
-    knobs = manifest.get("capabilities", {})
-    for key in TUNABLE:
-        if key in knobs:
-            caps = replace(caps, **{key: type(getattr(caps, key))(knobs[key])})
-    executor = NativeExecutor(spec, module_for, target, binaries, caps)
-    for dtype in manifest["dtypes"]:
-        executor.module(dtype)
-        for name, (native, _) in executor.kernels[dtype].items():
-            shipped = (path / f"{name}.{dtype}.{SOURCE_SUFFIX[target]}").read_text()
-            if shipped != native.source:
-                raise ValueError(f"{path}: {name}.{dtype} source does not match its kernels IR; rebuild the artifact")
-    return executor

@@ -257,6 +257,10 @@ ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
   x[2] = v3;
 }
 
+// Whether a one-element tensor needs the general body: false when element_many is the same code,
+// and then the kernels instantiate one body only.
+constexpr bool kOneElementBody = false;
+
 // The same for a tensor of more than one element: a value that is false for every such tensor
 // (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
 ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
@@ -502,6 +506,25 @@ __device__ __forceinline__ void combine_partials(const LaunchArgs& a, const floa
   }
 }
 
+// This thread's share of a chunk's sums, added into acc. kMany: the tensor has more than one
+// element (element_many), else the general body.
+template <bool kMany>
+__device__ __forceinline__ void accumulate(float (&acc)[kReduce], void* const (&p)[kRoles], std::int64_t begin,
+                                           std::int64_t n, const float* __restrict__ s,
+                                           const float* __restrict__ pt) {
+  for (std::int64_t i = begin + threadIdx.x; i < begin + n; i += kThreads) {
+    float x[kRoles];
+    load_all(AllRoles{}, x, p, i);
+    if constexpr (kMany) {
+      element_many(x, s, pt);
+    } else {
+      element(x, s, pt);
+    }
+#pragma unroll
+    for (int j = 0; j < kReduce; ++j) acc[j] += x[kFirstSum + j];
+  }
+}
+
 // `partial`: this launch's first chunk in the partial-sum output; `done`: a zeroed counter of
 // finished blocks. The last block to finish combines the partials (one launch per table).
 __global__ void __launch_bounds__(kThreads)
@@ -521,12 +544,10 @@ multi_tensor_reduce(const __grid_constant__ LaunchArgs a, const float* __restric
     const std::int64_t n = chunk.n;
     const float* pt = pertensor + static_cast<std::int64_t>(a.tensor[lo]) * kPerTensor;
     float acc[kReduce] = {};
-    for (std::int64_t i = begin + threadIdx.x; i < begin + n; i += kThreads) {
-      float x[kRoles];
-      load_all(AllRoles{}, x, a.ptr[lo], i);
-      element(x, s, pt);
-#pragma unroll
-      for (int j = 0; j < kReduce; ++j) acc[j] += x[kFirstSum + j];
+    if (!kOneElementBody || a.size[lo] > 1) {  // uniform across the block
+      accumulate<true>(acc, a.ptr[lo], begin, n, s, pt);
+    } else {
+      accumulate<false>(acc, a.ptr[lo], begin, n, s, pt);
     }
 #pragma unroll
     for (int j = 0; j < kReduce; ++j) shared[j][threadIdx.x] = acc[j];

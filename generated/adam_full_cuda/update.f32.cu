@@ -4,7 +4,8 @@
 // no device table to free, safe under CUDA-graph capture). Runtime scalars are read from the
 // device buffer by every block. Each block walks chunks grid-stride; a chunk uses vector accesses
 // (kVec elements, 16 bytes by default; kUnroll of them in flight per thread) when every role
-// pointer is aligned, with a scalar tail.
+// pointer is aligned, with a scalar tail. A chunk of a tensor of more than one element runs
+// element_many; a one-element tensor, the general body (when the two differ: kOneElementBody).
 #include <algorithm>
 #include <vector>
 
@@ -295,6 +296,10 @@ ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
   x[5] = v27;
   x[6] = v36;
 }
+
+// Whether a one-element tensor needs the general body: false when element_many is the same code,
+// and then the kernels instantiate one body only.
+constexpr bool kOneElementBody = false;
 
 // The same for a tensor of more than one element: a value that is false for every such tensor
 // (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
@@ -599,19 +604,30 @@ __device__ __forceinline__ void vstore(float (&x)[kVec][kRoles], void* const (&p
     *reinterpret_cast<Vec<Role<r>>*>(static_cast<Role<r>*>(p[r]) + i) = v;
   }
 }
-template <int... r>
+// kMany: the tensor has more than one element (element_many), else the general body.
+template <bool kMany>
+__device__ __forceinline__ void element_for(float (&x)[kRoles], const float* __restrict__ s,
+                                            const float* __restrict__ pt) {
+  if constexpr (kMany) {
+    element_many(x, s, pt);
+  } else {
+    element(x, s, pt);
+  }
+}
+
+template <bool kMany, int... r>
 __device__ __forceinline__ void vstep(std::integer_sequence<int, r...>, void* const (&p)[kRoles],
                                       std::int64_t i, const float* __restrict__ s,
                                       const float* __restrict__ pt) {
   float x[kVec][kRoles];
   (vload<r>(x, p, i), ...);
 #pragma unroll
-  for (int k = 0; k < kVec; ++k) element(x[k], s, pt);
+  for (int k = 0; k < kVec; ++k) element_for<kMany>(x[k], s, pt);
   (vstore<r>(x, p, i), ...);
 }
 
 // kUnroll vectors kThreads * kVec elements apart: every load in flight before the first use.
-template <int... r>
+template <bool kMany, int... r>
 __device__ __forceinline__ void vstep_unrolled(std::integer_sequence<int, r...>, void* const (&p)[kRoles],
                                                std::int64_t i, const float* __restrict__ s,
                                                const float* __restrict__ pt) {
@@ -622,7 +638,7 @@ __device__ __forceinline__ void vstep_unrolled(std::integer_sequence<int, r...>,
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) element(x[u][k], s, pt);
+    for (int k = 0; k < kVec; ++k) element_for<kMany>(x[u][k], s, pt);
   }
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) (vstore<r>(x[u], p, i + u * kStride), ...);
@@ -634,6 +650,24 @@ __device__ __forceinline__ void offset_all(std::integer_sequence<int, r...>, voi
   ((p[r] = static_cast<void*>(static_cast<Role<r>*>(base[r]) + begin)), ...);
 }
 
+// One chunk of n elements at the role pointers p: vectors when every pointer is aligned, then the
+// scalar tail.
+template <bool kMany>
+__device__ __forceinline__ void chunk_step(void* const (&p)[kRoles], std::int64_t n, const float* __restrict__ s,
+                                           const float* __restrict__ pt) {
+  std::int64_t done = 0;
+  if (all_aligned(AllRoles{}, p)) {
+    done = n / kVec * kVec;
+    constexpr std::int64_t kStride = std::int64_t{kThreads} * kVec;
+    std::int64_t i = threadIdx.x * kVec;
+    if constexpr (kUnroll > 1) {
+      for (; i + (kUnroll - 1) * kStride < done; i += kUnroll * kStride) vstep_unrolled<kMany>(AllRoles{}, p, i, s, pt);
+    }
+    for (; i < done; i += kStride) vstep<kMany>(AllRoles{}, p, i, s, pt);
+  }
+  for (std::int64_t i = done + threadIdx.x; i < n; i += kThreads) step_at<kMany>(p, i, s, pt);
+}
+
 __global__ void __launch_bounds__(kThreads)
 multi_tensor_kernel(const __grid_constant__ LaunchArgs a, const float* __restrict__ scalars,
                     const float* __restrict__ pertensor) {
@@ -643,21 +677,14 @@ multi_tensor_kernel(const __grid_constant__ LaunchArgs a, const float* __restric
   const std::int32_t n_chunks = a.chunk_start[a.n_tensors];
   for (std::int32_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
     const ChunkRef chunk = find_chunk(a, c);
-    const std::int64_t n = chunk.n;
     void* p[kRoles];
     offset_all(AllRoles{}, p, a.ptr[chunk.slot], chunk.begin);
     const float* pt = pertensor + static_cast<std::int64_t>(a.tensor[chunk.slot]) * kPerTensor;
-    std::int64_t done = 0;
-    if (all_aligned(AllRoles{}, p)) {
-      done = n / kVec * kVec;
-      constexpr std::int64_t kStride = std::int64_t{kThreads} * kVec;
-      std::int64_t i = threadIdx.x * kVec;
-      if constexpr (kUnroll > 1) {
-        for (; i + (kUnroll - 1) * kStride < done; i += kUnroll * kStride) vstep_unrolled(AllRoles{}, p, i, s, pt);
-      }
-      for (; i < done; i += kStride) vstep(AllRoles{}, p, i, s, pt);
+    if (!kOneElementBody || a.size[chunk.slot] > 1) {  // uniform across the block
+      chunk_step<true>(p, chunk.n, s, pt);
+    } else {
+      chunk_step<false>(p, chunk.n, s, pt);
     }
-    for (std::int64_t i = done + threadIdx.x; i < n; i += kThreads) step_at(p, i, s, pt);
   }
 }
 

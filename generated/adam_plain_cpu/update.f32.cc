@@ -214,6 +214,10 @@ ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
   x[3] = v9;
 }
 
+// Whether a one-element tensor needs the general body: false when element_many is the same code,
+// and then the kernels instantiate one body only.
+constexpr bool kOneElementBody = false;
+
 // The same for a tensor of more than one element: a value that is false for every such tensor
 // (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
 ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
@@ -460,7 +464,7 @@ adamgen_frame::Status execute(const adamgen_frame::Frame& f) {
     void* p[kRoles];
     for (int r = 0; r < kRoles; ++r) p[r] = table.ptr[chunks[c].tensor * kRoles + r];
     const float* pt = pt_all + chunks[c].tensor * kPerTensor;
-    if (table.size[chunks[c].tensor] == 1) {
+    if (kOneElementBody && table.size[chunks[c].tensor] == 1) {
       step_at(p, 0, s, pt);  // a one-element tensor: the general body
     } else {
       run_range(p, chunks[c].begin, chunks[c].end, s, pt);
