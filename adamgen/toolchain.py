@@ -4,7 +4,8 @@ Environment is read only here, at the top level of the lookup helpers (``CXX``, 
 ``XDG_CACHE_HOME``, ``ADAMGEN_CACHE_DIR``); everything below takes explicit arguments.
 
 Cache layout: ``<cache_dir>/<sha256>.so`` where the key covers the source text, the full
-command-line flags, the compiler's version string and the bytes of the XLA FFI headers. Outputs
+command-line flags, the compiler's version string, the bytes of the XLA FFI headers and what
+``-march=native`` selects on this CPU (hostcpu.py). Outputs
 are written to a temporary file in the same directory and moved into place with ``os.replace``,
 so a concurrent or failed build never leaves a torn library behind.
 
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Callable
 
 import jax.ffi
+
+from adamgen.hostcpu import native_isa
 
 # Host: -ffp-contract=off keeps a*b+c as two rounded ops (bit-exact against the NumPy oracle; an
 # explicit fmaf() in the body still gives a fused op). -fno-math-errno lets sqrtf vectorize
@@ -187,8 +190,11 @@ def _target(compiler: Compiler, source: str, flags: tuple[str, ...], out_ext: st
     """Where the build of ``source`` lives in the cache. The FFI headers' bytes are part of the
     key: a jaxlib upgraded in place (same include path) must not reuse libraries built against
     the old ones. Linked objects are named by their own keys, so their names stand for their
-    contents (and need not exist to name the library)."""
-    version = "\0".join((compiler.version, ffi_headers_digest(jax.ffi.include_dir()), *(o.name for o in objects)))
+    contents (and need not exist to name the library). With -march=native, what it selects on
+    this CPU is part of the key too (a cache shared by several machines)."""
+    isa = native_isa(compiler.path) if "-march=native" in flags else ""
+    version = "\0".join((compiler.version, ffi_headers_digest(jax.ffi.include_dir()), isa,
+                         *(o.name for o in objects)))
     return cache_dir / f"{cache_key(source, flags, version)}{out_ext}"
 
 

@@ -10,6 +10,7 @@ from adamgen import ffi, toolchain
 from adamgen.aot import sha256_hex
 from adamgen.backends.cpp import CAPABILITIES, Capabilities
 from adamgen.backends.native import TUNABLE, NativeExecutor, kernel_for, native_kernel_names
+from adamgen.hostcpu import native_isa
 from adamgen.ir.node import Module
 
 SOURCE_SUFFIX = {"cpu": "cc", "cuda": "cu"}
@@ -40,6 +41,8 @@ def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, .
     build_info = {"compiler": {"kind": compiler.kind, "version": toolchain.compiler_version(compiler.kind),
                              "flags": list(toolchain.host_flags() if target == "cpu" else toolchain.cuda_flags())},
                 "tune": tune_record or {"status": "untuned", "reason": "built without --tune: documented defaults"}}
+    if target == "cpu":  # the libraries run only where -march=native selects the same instructions
+        build_info["host_isa"] = native_isa(compiler.path)
     # The kernel knobs shape the source, so they are part of the reproducible manifest.
     knobs = {"capabilities": {"fma": caps.fma, **{key: getattr(caps, key) for key in TUNABLE}},
              "templates": ffi.templates_hash()}
@@ -83,7 +86,8 @@ def artifact_build_settings(path: Path, manifest: dict) -> tuple[Capabilities, d
 def load_native_executor(spec, module_for, path: Path, manifest: dict) -> NativeExecutor:
     """Use the artifact's libraries when they are present and intact; else rebuild from its source."""
     target = manifest["target"]
-    listed = _build_record(path, warn=True).get("binaries", {})
+    record = _build_record(path, warn=True)
+    listed = record.get("binaries", {}) if _runs_here(path, target, record) else {}
     binaries = {}
     for name, digest in listed.items():
         lib = path / name
@@ -97,6 +101,22 @@ def load_native_executor(spec, module_for, path: Path, manifest: dict) -> Native
             if shipped != native.source:
                 raise ValueError(_source_mismatch(path, manifest, f"{name}.{dtype}"))
     return executor
+
+
+def _runs_here(path: Path, target: str, record: dict) -> bool:
+    """Whether the artifact's libraries were built for this machine. Host libraries are built for
+    the CPU they were compiled on (-march=native): on another one, or with no record of which
+    (an artifact from before the record), the kernels are compiled again from the shipped source."""
+    if target != "cpu":
+        return True  # SASS for sm_80 and sm_90 plus PTX: any GPU the cuda target runs on
+    built = record.get("host_isa")
+    here = native_isa(toolchain.find_host_compiler().path)
+    if built is not None and built != here:
+        import warnings
+        warnings.warn(f"{path}: its libraries were built for another CPU (-march=native there selects other "
+                      "instructions); compiling its kernels for this one from the artifact's source",
+                      stacklevel=4)
+    return built == here
 
 
 def _source_mismatch(path: Path, manifest: dict, kernel: str) -> str:

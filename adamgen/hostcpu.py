@@ -1,0 +1,54 @@
+"""What `-march=native` means on this machine, as the host compiler resolves it.
+
+A host kernel is compiled with `-march=native`: the same flags give other instructions on
+another CPU, so a library built on one machine can stop with an illegal instruction on the next.
+The compiler cache (a home directory shared by a cluster's machines) and an artifact's shipped
+libraries are therefore keyed by the resolved target: the `-m` options (`-march=znver3 -mavx2
+-mno-avx512f ...`) that g++ passes to its compiler proper, or clang's `-target-cpu` and
+`-target-feature`s, asked of the compiler once per process.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+from pathlib import Path
+
+
+def _target_options(verbose: str) -> list[str]:
+    """The target options on the compiler proper's command line in `<compiler> -v` output."""
+    for line in verbose.splitlines():
+        words = [w.strip("\"") for w in line.split()]  # clang quotes every word
+        if not words or not any(w.endswith(("cc1plus", "cc1")) or w == "-cc1" for w in words):
+            continue
+        kept = [w for prev, w in zip([""] + words, words)
+                if w.startswith("-m") or prev in ("-target-cpu", "-target-feature")]
+        if kept:
+            return kept
+    return []
+
+
+@functools.cache
+def native_isa(compiler: Path) -> str:
+    """16 hex chars naming what `-march=native` selects for `compiler` here. When the compiler
+    does not say, the CPU's own flags from /proc/cpuinfo stand in (a coarser key, never a wrong
+    one: the same flags mean the same instructions)."""
+    try:
+        proc = subprocess.run([str(compiler), "-march=native", "-x", "c++", "-E", "-v", "-"], input="",
+                              capture_output=True, text=True, timeout=60)
+        options = _target_options(proc.stderr)
+    except (OSError, subprocess.SubprocessError):
+        options = []
+    if not options:
+        options = [_cpuinfo_flags()]
+    return hashlib.sha256(" ".join(options).encode()).hexdigest()[:16]
+
+
+def _cpuinfo_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
