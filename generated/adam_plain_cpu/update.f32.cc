@@ -242,6 +242,17 @@ ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
   x[3] = v9;
 }
 
+// kMany: the tensor has more than one element (element_many), else the general body.
+template <bool kMany>
+ADAMGEN_HD void element_for(float (&x)[kRoles], const float* __restrict__ s,
+                            const float* __restrict__ pt) {
+  if constexpr (kMany) {
+    element_many(x, s, pt);
+  } else {
+    element(x, s, pt);
+  }
+}
+
 template <int r>
 ADAMGEN_HD void load_one(float (&x)[kRoles], void* const (&p)[kRoles], std::int64_t i) {
   if constexpr (kRoleArg[r] >= 0) x[r] = adamgen_load(static_cast<const Role<r>*>(p[r])[i]);
@@ -269,11 +280,7 @@ ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* _
                         const float* __restrict__ pt) {
   float x[kRoles];
   load_all(AllRoles{}, x, p, i);
-  if constexpr (kMany) {
-    element_many(x, s, pt);
-  } else {
-    element(x, s, pt);
-  }
+  element_for<kMany>(x, s, pt);
   store_all(AllRoles{}, x, p, i);
 }
 
