@@ -210,11 +210,14 @@ def render(ctx: KernelContext, platform: str) -> str:
                                                     one_element_body="true" if ctx.body_many != ctx.body else "false")
 
 
+TEMPLATE_SUFFIXES = (".j2", ".h", ".cc", ".cu")  # what the templates directory ships
+
+
 def templates_hash() -> str:
     """16 hex chars of sha256 over every template file's path and bytes: an artifact records it,
     so a loader can tell a kernel source from other templates (another adamgen) from an edited one."""
     h = hashlib.sha256()
-    for path in sorted(p for p in TEMPLATE_DIR.rglob("*") if p.is_file()):
+    for path in sorted(p for p in TEMPLATE_DIR.rglob("*") if p.is_file() and p.suffix in TEMPLATE_SUFFIXES):
         h.update(path.relative_to(TEMPLATE_DIR).as_posix().encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
