@@ -12,6 +12,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from adamgen.dtypes import PARAM_DTYPES
 
@@ -212,10 +213,20 @@ def main(argv: list[str] | None = None) -> int:
     from adamgen.aot import check_output_dir
     suffix = "" if args.target == "jax" else f"_{args.target}"
     out = args.output or Path("generated") / f"{spec.name}{suffix}"
-    try:
+
+    def write() -> None:
         check_output_dir(out)  # before any compiling or tuning
         _write(spec, args, out, dtypes)
-    except ValueError as exc:
+    return _write_reported(out, write)
+
+
+def _write_reported(out: Path, write: Callable[[], object],
+                    bad_input: tuple[type[Exception], ...] = (ValueError,)) -> int:
+    """Run `write` (an artifact into `out`) and print its path: 0; bad input (`bad_input`) or a
+    write the OS refused, printed as an adamgen error: 2 or 1."""
+    try:
+        write()
+    except bad_input as exc:
         print(f"adamgen: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -243,17 +254,9 @@ def _write(spec, args, out: Path, dtypes: tuple[str, ...]) -> None:
 def _rebuild(artifact: Path, output: Path | None) -> int:
     from adamgen.aot import rebuild_artifact
 
-    try:
-        out = rebuild_artifact(artifact, output)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"adamgen: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"adamgen: error: cannot write the artifact to {str(output or artifact)!r}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 1
-    print(out)
-    return 0
+    # FileNotFoundError: not an artifact (no manifest.json), said before anything is written
+    return _write_reported(output or artifact, lambda: rebuild_artifact(artifact, output),
+                           (ValueError, FileNotFoundError))
 
 
 def _bench(bench_args: list[str]) -> int:

@@ -85,7 +85,7 @@ class KernelContext:
     n_out: int                         # per-tensor written roles
     n_scalars: int                     # runtime scalars (f32 buffer, first argument)
     body: tuple[str, ...]              # element-body C++ statements, one per line
-    # the body for tensors of more than one element (host loops; see cpp.render_elementwise):
+    # the body for tensors of more than one element (the kernels' loops; see cpp.render_elementwise):
     # empty = the same as body
     body_many: tuple[str, ...] = ()
     n_pertensor: int = 0               # per-tensor values (f32[T * n_pertensor], second argument)

@@ -246,7 +246,7 @@ def render_elementwise(fn: Function, dtype: str, false_when_many: frozenset[str]
     """Render the fused `update` function for params of `dtype`. `false_when_many`: per-tensor
     bool inputs that are false for every tensor of more than one element (a one-element
     tensor's flag, see native.one_element_conditions); `body_many`, the body with them false,
-    lets the compiler drop the arm they select (a true division) from the host's element loop."""
+    lets the compiler drop the arm they select (a true division) from the kernels' element loops."""
     if fn.attr("kind") != "elementwise":
         raise ValueError(f"@{fn.name} is a {fn.attr('kind')!r} kernel; render_elementwise takes 'elementwise'")
     tensors, scalars, pertensor, names = _names(fn, dtype)

@@ -64,7 +64,7 @@ def kernel_for(module: Module, key: str, caps: Capabilities, name: str = "update
 def one_element_conditions(module: Module) -> frozenset[str]:
     """Names of the per-tensor values the scalar kernels compute from the "single" input alone
     (lower._Ctx.scale's `0 < single`): false for every tensor of more than one element, so the
-    host kernels' loops over such tensors can take them as false (cpp.render_elementwise)."""
+    kernels' loops over such tensors can take them as false (cpp.render_elementwise)."""
     out = set()
     for fn in module.functions:
         if fn.attr("kind") != "scalar":
