@@ -105,6 +105,9 @@ class KernelContext:
     n_in_packed: int = 0               # packed read roles
     n_out_packed: int = 0              # packed written roles
     slab_align_bytes: int = SLAB_ALIGN_BYTES  # packed roles: each tensor starts at a multiple of this
+    # host: the loop over a tensor of more than one element runs body_many on vectors where the
+    # CPU has them (templates/host/vector.h); the body must be cpp.vector_capable
+    vector_body: bool = False
 
 
 # CUDA 12.1+ passes up to 32764 bytes of kernel arguments on Volta and newer (the SASS targets
@@ -149,7 +152,7 @@ def _check_positive(ctx: KernelContext) -> None:
 
 def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: Sequence[str],
                  n_pertensor: int = 0, n_reduce: int = 0, body_many: Sequence[str] = (),
-                 **tuning: int) -> KernelContext:
+                 vector_body: bool = False, **tuning: int) -> KernelContext:
     """Validate the pieces and derive the call layout; ``tuning`` sets the int fields."""
     _check_ident(symbol, "symbol")
     if not roles:
@@ -188,7 +191,8 @@ def make_context(symbol: str, roles: Sequence[RoleSpec], n_scalars: int, body: S
         n_pertensor=n_pertensor, n_reduce=n_reduce,
         role_packed=tuple(int(r.packed) for r in roles),
         role_bytes=tuple(STORAGE[r.dtype][2].itemsize for r in roles),
-        n_in_packed=len(packed_reads), n_out_packed=len(packed_writes), **tuning)
+        n_in_packed=len(packed_reads), n_out_packed=len(packed_writes), vector_body=bool(vector_body),
+        **tuning)
     if ctx.compute_ctype not in COMPUTE_CTYPES:
         raise ValueError(f"compute_ctype {ctx.compute_ctype!r} not in {COMPUTE_CTYPES}")
     _check_positive(ctx)
@@ -205,7 +209,8 @@ def render(ctx: KernelContext, platform: str) -> str:
         raise ValueError(f"chunk_elems must be a multiple of the CUDA vector's {ctx.vec_elems} elements "
                          f"({ctx.symbol}), got {ctx.chunk_elems}")
     table = REDUCE_TEMPLATES if ctx.n_reduce else TEMPLATES
-    return ENV.get_template(table[platform]).render(**asdict(ctx), loop_pragma=loop_pragma(ctx.unroll),
+    values = {**asdict(ctx), "vector_body": "true" if ctx.vector_body else "false"}
+    return ENV.get_template(table[platform]).render(**values, loop_pragma=loop_pragma(ctx.unroll),
                                                     cuda_arg_limit_bytes=CUDA_ARG_LIMIT_BYTES,
                                                     one_element_body="true" if ctx.body_many != ctx.body else "false")
 

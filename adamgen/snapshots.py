@@ -20,6 +20,8 @@ SNAPSHOTS: dict[str, list[str]] = {
     "adam_plain_cpu": ["--target", "cpu"],
     "adam_amsgrad_cpu": ["--amsgrad", "--target", "cpu"],
     "adam_full_cpu": [*FULL, "--target", "cpu"],
+    # float16 params: the host kernel's loop runs on explicit vectors (host/vector.h)
+    "adam_amsgrad_f16_cpu": ["--amsgrad", "--clipvalue", "0.5", "--dtype", "f16", "--target", "cpu"],
     "adam_amsgrad_cuda": ["--amsgrad", "--target", "cuda"],
     "adam_full_cuda": [*FULL, "--target", "cuda"],
     # A tree of f32 and bf16 under one global norm (the bf16_f32norm variant) with biases

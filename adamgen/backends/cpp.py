@@ -19,6 +19,9 @@ from adamgen.ir.node import Function, Node, topo_order
 from adamgen.ir.ops import Op
 
 
+FLOAT_TYPES = ("f32", "f16", "bf16")
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a native target offers the renderer and its templates."""
@@ -47,6 +50,10 @@ class Capabilities:
     # Optimizer slots (m, v, ...) live in one 1-D slab per call instead of one array per param:
     # a step then passes ~2 arrays per param (param, grad) across the JAX boundary, not 4-6.
     packed_slots: bool = True
+    # Param dtypes whose host loop runs the element body on explicit 8-lane vectors (AVX2 and
+    # F16C, where the compiling CPU has them; templates/host/vector.h): float16 rounds each op in
+    # two instructions there instead of the ~12 integer ops the autovectorized body needs.
+    vector_dtypes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.vector_bytes not in VECTOR_BYTES:
@@ -58,6 +65,9 @@ class Capabilities:
         if self.block_threads & (self.block_threads - 1) or not 32 <= self.block_threads <= 1024:
             # the CUDA block reduction halves its stride: a power of two, at most CUDA's 1024
             raise ValueError(f"block_threads must be a power of two from 32 to 1024, got {self.block_threads!r}")
+        unknown = set(self.vector_dtypes) - set(FLOAT_TYPES)
+        if unknown:
+            raise ValueError(f"vector_dtypes: {sorted(unknown)} are not float types; allowed: {FLOAT_TYPES}")
         for name in ("threads", "blocks_per_sm", "inflight_elems"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -84,14 +94,13 @@ class Capabilities:
 VECTOR_BYTES = (2, 4, 8, 16, 32)
 
 
-HOST = Capabilities(platform="cpu", fma=False, vector_bytes=32, chunk_elems=65536)
+HOST = Capabilities(platform="cpu", fma=False, vector_bytes=32, chunk_elems=65536, vector_dtypes=("f16",))
 # CUDA: one launch per custom call (the table travels in up to 32 KiB of kernel arguments), so
 # more tensors per call means fewer launches: 4 for a 1000-tensor tree instead of 32.
 CUDA = Capabilities(platform="cuda", fma=False, vector_bytes=16, chunk_elems=65536, tensors_per_call=256,
                     inflight_elems=4096)
 CAPABILITIES = {"cpu": HOST, "cuda": CUDA}
 
-FLOAT_TYPES = ("f32", "f16", "bf16")
 ROUND = {"f32": None, "f16": "adamgen_round_f16", "bf16": "adamgen_round_bf16"}
 
 
@@ -150,7 +159,7 @@ CPP_EXPR: dict[Op, Callable[[Node, list[str]], str]] = {
     Op.CONST: lambda node, a: literal(node),
     Op.CAST: _cast,
     Op.NEG: _unary("(-{0})"),
-    Op.SQRT: _unary("sqrtf({0})"),
+    Op.SQRT: _unary("adamgen_sqrt({0})"),
     Op.FLOOR: _unary("floorf({0})"),
     Op.CEIL: _unary("ceilf({0})"),
     Op.COS: _unary("cosf({0})"),
@@ -174,6 +183,14 @@ CPP_EXPR: dict[Op, Callable[[Node, list[str]], str]] = {
 }
 EXACT_OPS = frozenset({Op.CONST, Op.NEG, Op.FLOOR, Op.CEIL, Op.MAX, Op.MIN, Op.SELECT})
 
+# Element-varying values (those computed from a tensor input x[r]) have the body's type `V`:
+# float, or on the host an 8-lane float vector (templates/host/vector.h). A body whose varying
+# values are all floats made by these ops runs on vectors; SELECT also needs a uniform condition.
+VECTOR_OPS = frozenset({Op.CAST, Op.NEG, Op.SQRT, Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAX, Op.MIN, Op.SELECT})
+# Ops rendered as a function call or a ?: whose arms must have one type: a uniform float operand
+# of a varying node is broadcast (adamgen_splat<V>). + - * / broadcast a float by themselves.
+SPLAT_OPS = frozenset({Op.MAX, Op.MIN, Op.SELECT})
+
 
 @dataclass(frozen=True)
 class RenderedKernel:
@@ -185,6 +202,7 @@ class RenderedKernel:
     body: tuple[str, ...]
     outputs: tuple[str, ...] = () # reduce kernels: the name of each per-tensor sum, in order
     body_many: tuple[str, ...] = ()  # the body for tensors of more than one element (() = body)
+    vector_many: bool = False     # may body_many run on vectors (VECTOR_OPS)?
 
 
 def _read_runtime(node: Node, ref: str) -> str:
@@ -220,21 +238,47 @@ def _pertensor_reads(pertensor: list[Node]) -> list[str]:
     return [f"const float pt_{j} = pt[{j}];" for j in range(len(pertensor))]
 
 
+def varying_nodes(roots: list[Node]) -> set[int]:
+    """ids of the nodes (inputs included) whose value differs from element to element: the
+    tensor inputs and everything computed from one."""
+    return {id(node) for node in topo_order(roots) if node.shape == "N"}
+
+
+def vector_capable(roots: list[Node]) -> bool:
+    """Can the values of `roots` be computed on vectors: is every varying value a float made
+    by a VECTOR_OPS op, a SELECT's condition uniform?"""
+    varying = varying_nodes(roots)
+    for node in topo_order(roots):
+        if node.op is Op.INPUT or id(node) not in varying:
+            continue
+        if node.op not in VECTOR_OPS or node.dtype not in FLOAT_TYPES:
+            return False
+        if node.op is Op.SELECT and id(node.operands[0]) in varying:
+            return False
+    return True
+
+
 def _statements(roots: list[Node], names: dict[str, str], stop: frozenset = frozenset()
                 ) -> tuple[list[str], dict[int, str]]:
-    """One `const T vN = expr;` per node reachable from `roots`, operands first."""
+    """One `const T vN = expr;` per node reachable from `roots`, operands first; T is `V` for a
+    varying float value (the body's compute type), else its scalar C++ type."""
     body: list[str] = []
     values: dict[int, str] = {}
+    varying = varying_nodes(roots)
     for node in topo_order(roots):
         if node.op is Op.INPUT or node.op in stop:
             continue
         args = [names[o.attr("name")] if o.op is Op.INPUT else values[id(o)] for o in node.operands]
+        if id(node) in varying and node.op in SPLAT_OPS:
+            args = [f"adamgen_splat<V>({a})" if id(o) not in varying and o.dtype in FLOAT_TYPES else a
+                    for o, a in zip(node.operands, args)]
         expr = CPP_EXPR[node.op](node, args)
         rounding = ROUND.get(node.dtype)
         if rounding and node.op not in EXACT_OPS:
             expr = f"{rounding}({expr})"
         values[id(node)] = f"v{len(values)}"
-        body.append(f"const {c_type(node.dtype)} {values[id(node)]} = {expr};")
+        ctype = "V" if id(node) in varying and node.dtype in FLOAT_TYPES else c_type(node.dtype)
+        body.append(f"const {ctype} {values[id(node)]} = {expr};")
     return body, values
 
 
@@ -264,7 +308,8 @@ def render_elementwise(fn: Function, dtype: str, false_when_many: frozenset[str]
     roles = tuple(RoleSpec(n.attr("name"), dtype, read=True, written=n.attr("name") in written) for n in tensors)
     body, body_many = _bodies(body_for, names, pertensor, false_when_many)
     return RenderedKernel(roles, tuple(n.attr("name") for n in scalars),
-                          tuple(n.attr("name") for n in pertensor), body, body_many=body_many)
+                          tuple(n.attr("name") for n in pertensor), body, body_many=body_many,
+                          vector_many=vector_capable([v for _, v in fn.outputs]))
 
 
 def _bodies(body_for: Callable[[dict[str, str]], tuple[str, ...]], names: dict[str, str], pertensor: list[Node],

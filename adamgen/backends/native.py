@@ -54,6 +54,7 @@ def kernel_for(module: Module, key: str, caps: Capabilities, name: str = "update
     ctx = ffi.make_context(f"adamgen_{name}_{key}", rendered.roles, len(rendered.scalars), rendered.body,
                            n_pertensor=len(rendered.pertensor), n_reduce=len(rendered.outputs),
                            body_many=rendered.body_many,
+                           vector_body=rendered.vector_many and dtype in caps.vector_dtypes,
                            chunk_elems=caps.chunk_elems, block_threads=caps.block_threads,
                            max_threads=caps.threads, unroll=built.unroll, blocks_per_sm=caps.blocks_per_sm,
                            vec_elems=caps.vector_elems(itemsize),

@@ -54,6 +54,63 @@ extern "C" __attribute__((visibility("hidden"))) adamgen_frame::Status adamgen_k
 extern "C" __attribute__((visibility("hidden"))) XLA_FFI_Error* adamgen_host_ffi_handler(XLA_FFI_CallFrame* call);
 
 #endif  // ADAMGEN_FRAME_H_
+// The host element loop on explicit 8-lane vectors, where the compiling CPU has AVX2 and F16C
+// (the library is built with -march=native for the CPU it runs on). GCC vectorizes the scalar
+// loop by itself, but not float16 conversions: there a vector loop rounds an op's result in two
+// instructions (vcvtps2ph, vcvtph2ps) where the scalar body's bit arithmetic takes about twelve.
+// Every function here and in host/vector.h gives what its scalar twin in the element header
+// gives, lane by lane, bit for bit (round to nearest even, NaN kept quiet with its payload cut
+// as the scalar code cuts it), but one: a signaling float16 NaN loads quiet (the hardware
+// conversion quiets it), which no stored value shows, as every store quiets a NaN.
+// tests/test_host_vector.py checks them against those twins.
+// This part, the vector types and the ops an element body calls on them, comes before the
+// element header (a template's calls bind to what is declared before it: GCC's vectors have no
+// namespace for argument-dependent lookup); host/vector.h, after it, holds the loop.
+#include <cstdint>
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace adamgen_kernel {
+
+#if defined(__AVX2__) && defined(__F16C__)
+
+constexpr bool kHostVector = true;
+constexpr std::int64_t kLanes = 8;
+typedef float adamgen_v8 __attribute__((vector_size(32)));
+typedef std::uint32_t adamgen_v8u __attribute__((vector_size(32)));
+typedef std::int32_t adamgen_v8i __attribute__((vector_size(32)));  // lane masks: -1 or 0
+constexpr int kRoundEven = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+ADAMGEN_HD adamgen_v8 adamgen_sqrt(adamgen_v8 f) { return (adamgen_v8)_mm256_sqrt_ps((__m256)f); }
+// NumPy's maximum/minimum, as the scalar adamgen_max/adamgen_min: a NaN operand gives NaN.
+ADAMGEN_HD adamgen_v8 adamgen_max(adamgen_v8 a, adamgen_v8 b) {
+  const adamgen_v8i take_a = (a != a) | (a > b);
+  const adamgen_v8i take_b = (b != b) | (b > a);
+  return take_a ? a : (take_b ? b : a);
+}
+ADAMGEN_HD adamgen_v8 adamgen_min(adamgen_v8 a, adamgen_v8 b) {
+  const adamgen_v8i take_a = (a != a) | (a < b);
+  const adamgen_v8i take_b = (b != b) | (b < a);
+  return take_a ? a : (take_b ? b : a);
+}
+ADAMGEN_HD adamgen_v8 adamgen_round_f16(adamgen_v8 f) {
+  return (adamgen_v8)_mm256_cvtph_ps(_mm256_cvtps_ph((__m256)f, kRoundEven));
+}
+ADAMGEN_HD adamgen_v8 adamgen_round_bf16(adamgen_v8 f) {
+  const adamgen_v8u u = (adamgen_v8u)f;
+  const adamgen_v8u nan = (u & 0xffff0000u) | 0x00400000u;  // quiet
+  const adamgen_v8u rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  return (adamgen_v8)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+#else
+
+constexpr bool kHostVector = false;
+
+#endif
+
+}  // namespace adamgen_kernel
 // ADAMGEN-ELEMENT-BEGIN (adamgen_update_f32)
 // Shared by the host and CUDA flavours. nvcc sees __host__ __device__; the host flavour defines
 // ADAMGEN_HD first. Compute type: float; storage types convert through
@@ -155,6 +212,11 @@ ADAMGEN_HD float adamgen_round_bf16(float f) {
   const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
   return adamgen_float(adamgen_pick((u & 0x7fffffffu) > 0x7f800000u, nan, rounded));
 }
+// A uniform value where a varying one of type V is needed (a ?: arm, a max operand); on one
+// element, the value itself (the host's vector header adds the broadcast to its vectors).
+template <typename V>
+ADAMGEN_HD V adamgen_splat(float f) { return f; }
+ADAMGEN_HD float adamgen_sqrt(float f) { return sqrtf(f); }
 // NumPy's maximum/minimum: a NaN operand gives NaN.
 ADAMGEN_HD float adamgen_max(float a, float b) { return (a != a || a > b) ? a : ((b != b || b > a) ? b : a); }
 ADAMGEN_HD float adamgen_min(float a, float b) { return (a != a || a < b) ? a : ((b != b || b < a) ? b : a); }
@@ -192,24 +254,27 @@ using Role = std::tuple_element_t<r, RoleTypes>;
 
 // x[r]: role r (param, grad, momentum, velocity, velocity_hat) in compute type; s[k]: runtime scalar k;
 // pt[j]: per-tensor value j of this tensor. Written roles hold their new value on return.
-ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
+// V: the type of the values that vary from element to element, the compute type (one element)
+// or, in the host's vector loop, a vector of it (one element a lane); the rest are scalars.
+template <typename V>
+ADAMGEN_HD void element(V (&x)[kRoles], const float* __restrict__ s,
                         const float* __restrict__ pt) {
-  const float v0 = (x[1] - x[2]);
+  const V v0 = (x[1] - x[2]);
   const float v1 = 0x1.99999a0000000p-4f;
-  const float v2 = (v0 * v1);
-  const float v3 = (x[2] + v2);
-  const float v4 = (v3 * s[0]);
-  const float v5 = (x[1] * x[1]);
-  const float v6 = (v5 - x[3]);
+  const V v2 = (v0 * v1);
+  const V v3 = (x[2] + v2);
+  const V v4 = (v3 * s[0]);
+  const V v5 = (x[1] * x[1]);
+  const V v6 = (v5 - x[3]);
   const float v7 = 0x1.0624de0000000p-10f;
-  const float v8 = (v6 * v7);
-  const float v9 = (x[3] + v8);
-  const float v10 = adamgen_max(x[4], v9);
-  const float v11 = sqrtf(v10);
+  const V v8 = (v6 * v7);
+  const V v9 = (x[3] + v8);
+  const V v10 = adamgen_max(x[4], v9);
+  const V v11 = adamgen_sqrt(v10);
   const float v12 = 0x1.ad7f2a0000000p-24f;
-  const float v13 = (v11 + v12);
-  const float v14 = (v4 / v13);
-  const float v15 = (x[0] - v14);
+  const V v13 = (v11 + v12);
+  const V v14 = (v4 / v13);
+  const V v15 = (x[0] - v14);
   x[0] = v15;
   x[2] = v3;
   x[3] = v9;
@@ -222,24 +287,25 @@ constexpr bool kOneElementBody = false;
 
 // The same for a tensor of more than one element: a value that is false for every such tensor
 // (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
-ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
+template <typename V>
+ADAMGEN_HD void element_many(V (&x)[kRoles], const float* __restrict__ s,
                              const float* __restrict__ pt) {
-  const float v0 = (x[1] - x[2]);
+  const V v0 = (x[1] - x[2]);
   const float v1 = 0x1.99999a0000000p-4f;
-  const float v2 = (v0 * v1);
-  const float v3 = (x[2] + v2);
-  const float v4 = (v3 * s[0]);
-  const float v5 = (x[1] * x[1]);
-  const float v6 = (v5 - x[3]);
+  const V v2 = (v0 * v1);
+  const V v3 = (x[2] + v2);
+  const V v4 = (v3 * s[0]);
+  const V v5 = (x[1] * x[1]);
+  const V v6 = (v5 - x[3]);
   const float v7 = 0x1.0624de0000000p-10f;
-  const float v8 = (v6 * v7);
-  const float v9 = (x[3] + v8);
-  const float v10 = adamgen_max(x[4], v9);
-  const float v11 = sqrtf(v10);
+  const V v8 = (v6 * v7);
+  const V v9 = (x[3] + v8);
+  const V v10 = adamgen_max(x[4], v9);
+  const V v11 = adamgen_sqrt(v10);
   const float v12 = 0x1.ad7f2a0000000p-24f;
-  const float v13 = (v11 + v12);
-  const float v14 = (v4 / v13);
-  const float v15 = (x[0] - v14);
+  const V v13 = (v11 + v12);
+  const V v14 = (v4 / v13);
+  const V v15 = (x[0] - v14);
   x[0] = v15;
   x[2] = v3;
   x[3] = v9;
@@ -290,6 +356,89 @@ ADAMGEN_HD void step_at(void* const (&p)[kRoles], std::int64_t i, const float* _
 
 }  // namespace adamgen_kernel
 // ADAMGEN-ELEMENT-END
+// The host element loop on explicit vectors (see host/vector_ops.h, included before the element
+// header): loads and stores in every storage type, and the loop over a chunk.
+// The kernel runs it for the dtypes its target lists (cpp.Capabilities.vector_dtypes) when its
+// body can run on vectors (cpp.vector_capable); kVectorBody says both.
+#include <type_traits>
+
+namespace adamgen_kernel {
+
+#if defined(__AVX2__) && defined(__F16C__)
+
+template <>
+inline adamgen_v8 adamgen_splat<adamgen_v8>(float f) {
+  return adamgen_v8{f, f, f, f, f, f, f, f};
+}
+ADAMGEN_HD adamgen_v8 adamgen_load8(const float* p) {
+  adamgen_v8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+ADAMGEN_HD adamgen_v8 adamgen_load8(const adamgen_f16* p) {
+  return (adamgen_v8)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+ADAMGEN_HD adamgen_v8 adamgen_load8(const adamgen_bf16* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return (adamgen_v8)_mm256_slli_epi32(wide, 16);
+}
+ADAMGEN_HD void adamgen_store8(float* p, adamgen_v8 v) { std::memcpy(p, &v, sizeof(v)); }
+ADAMGEN_HD void adamgen_store8(adamgen_f16* p, adamgen_v8 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph((__m256)v, kRoundEven));
+}
+ADAMGEN_HD void adamgen_store8(adamgen_bf16* p, adamgen_v8 v) {
+  const adamgen_v8u u = (adamgen_v8u)v;
+  const adamgen_v8u nan = (u >> 16) | 0x40u;  // quiet
+  const adamgen_v8u rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const __m256i h = (__m256i)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+  // pack the eight 32-bit lanes (each < 2^16) to 16 bits: packus works within 128-bit halves,
+  // the permute brings the two halves' results together
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+
+template <int r, typename V>
+ADAMGEN_HD void load_vec(V (&x)[kRoles], void* const (&p)[kRoles], std::int64_t i) {
+  if constexpr (kRoleArg[r] >= 0) x[r] = adamgen_load8(static_cast<const Role<r>*>(p[r]) + i);
+}
+template <int r, typename V>
+ADAMGEN_HD void store_vec(const V (&x)[kRoles], void* const (&p)[kRoles], std::int64_t i) {
+  if constexpr (kRoleRet[r] >= 0) adamgen_store8(static_cast<Role<r>*>(p[r]) + i, x[r]);
+}
+template <typename V, int... r>
+ADAMGEN_HD void step_vec(std::integer_sequence<int, r...>, void* const (&p)[kRoles], std::int64_t i,
+                         const float* __restrict__ s, const float* __restrict__ pt) {
+  V x[kRoles];
+  (load_vec<r>(x, p, i), ...);
+  element_many(x, s, pt);
+  (store_vec<r>(x, p, i), ...);
+}
+
+// Elements [begin, end) of a tensor of more than one element, kLanes at a time while whole
+// vectors fit; returns where it stopped (the caller's scalar loop does the rest).
+template <bool kOn>
+std::int64_t run_vector(void* const (&p)[kRoles], std::int64_t begin, std::int64_t end,
+                        const float* __restrict__ s, const float* __restrict__ pt) {
+  if constexpr (kOn) {
+    using V = std::conditional_t<kOn, adamgen_v8, float>;  // dependent: built only when on
+    std::int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes) step_vec<V>(AllRoles{}, p, i, s, pt);
+    return i;
+  }
+  return begin;
+}
+
+#else
+
+template <bool kOn>
+std::int64_t run_vector(void* const (&)[kRoles], std::int64_t begin, std::int64_t,
+                        const float* __restrict__, const float* __restrict__) {
+  return begin;
+}
+
+#endif
+
+}  // namespace adamgen_kernel
 // Collect the role pointers of every tensor from the FFI call (as an adamgen_frame::Frame).
 // Layout (role-major): args = [scalars, pertensor f32[T * kPerTensor], in_0[0..T), in_1[0..T), ...,
 //                              packed_in_0, ...],
@@ -444,6 +593,8 @@ void parallel_chunks(const adamgen_frame::Frame& f, std::int64_t n, std::int64_t
 namespace adamgen_kernel {
 
 constexpr std::int64_t kChunk = 65536;
+// Does the element loop run on vectors (host/vector.h) when this CPU has them?
+constexpr bool kVectorBody = false;
 
 struct Chunk {
   std::int64_t tensor;
@@ -454,8 +605,9 @@ struct Chunk {
 __attribute__((noinline)) void run_range(void* const (&p)[kRoles], std::int64_t begin,
                                          std::int64_t end, const float* __restrict__ s,
                                          const float* __restrict__ pt) {
+  const std::int64_t rest = run_vector<kVectorBody>(p, begin, end, s, pt);
   _Pragma("omp simd")
-  for (std::int64_t i = begin; i < end; ++i) step_at<true>(p, i, s, pt);
+  for (std::int64_t i = rest; i < end; ++i) step_at<true>(p, i, s, pt);
 }
 
 adamgen_frame::Status execute(const adamgen_frame::Frame& f) {

@@ -157,6 +157,11 @@ ADAMGEN_HD float adamgen_round_bf16(float f) {
   const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
   return adamgen_float(adamgen_pick((u & 0x7fffffffu) > 0x7f800000u, nan, rounded));
 }
+// A uniform value where a varying one of type V is needed (a ?: arm, a max operand); on one
+// element, the value itself (the host's vector header adds the broadcast to its vectors).
+template <typename V>
+ADAMGEN_HD V adamgen_splat(float f) { return f; }
+ADAMGEN_HD float adamgen_sqrt(float f) { return sqrtf(f); }
 // NumPy's maximum/minimum: a NaN operand gives NaN.
 ADAMGEN_HD float adamgen_max(float a, float b) { return (a != a || a > b) ? a : ((b != b || b > a) ? b : a); }
 ADAMGEN_HD float adamgen_min(float a, float b) { return (a != a || a < b) ? a : ((b != b || b < a) ? b : a); }
@@ -194,12 +199,15 @@ using Role = std::tuple_element_t<r, RoleTypes>;
 
 // x[r]: role r (grad, accumulator, sum_x8) in compute type; s[k]: runtime scalar k;
 // pt[j]: per-tensor value j of this tensor. Written roles hold their new value on return.
-ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
+// V: the type of the values that vary from element to element, the compute type (one element)
+// or, in the host's vector loop, a vector of it (one element a lane); the rest are scalars.
+template <typename V>
+ADAMGEN_HD void element(V (&x)[kRoles], const float* __restrict__ s,
                         const float* __restrict__ pt) {
-  const float v0 = (x[0] + x[1]);
+  const V v0 = (x[0] + x[1]);
   const float v1 = 0x1.0000000000000p-2f;
-  const float v2 = (v0 * v1);
-  const float v3 = (v2 * v2);
+  const V v2 = (v0 * v1);
+  const V v3 = (v2 * v2);
   x[2] = v3;
 }
 
@@ -209,12 +217,13 @@ constexpr bool kOneElementBody = false;
 
 // The same for a tensor of more than one element: a value that is false for every such tensor
 // (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
-ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
+template <typename V>
+ADAMGEN_HD void element_many(V (&x)[kRoles], const float* __restrict__ s,
                              const float* __restrict__ pt) {
-  const float v0 = (x[0] + x[1]);
+  const V v0 = (x[0] + x[1]);
   const float v1 = 0x1.0000000000000p-2f;
-  const float v2 = (v0 * v1);
-  const float v3 = (v2 * v2);
+  const V v2 = (v0 * v1);
+  const V v3 = (v2 * v2);
   x[2] = v3;
 }
 

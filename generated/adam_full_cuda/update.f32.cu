@@ -213,6 +213,11 @@ ADAMGEN_HD float adamgen_round_bf16(float f) {
   const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
   return adamgen_float(adamgen_pick((u & 0x7fffffffu) > 0x7f800000u, nan, rounded));
 }
+// A uniform value where a varying one of type V is needed (a ?: arm, a max operand); on one
+// element, the value itself (the host's vector header adds the broadcast to its vectors).
+template <typename V>
+ADAMGEN_HD V adamgen_splat(float f) { return f; }
+ADAMGEN_HD float adamgen_sqrt(float f) { return sqrtf(f); }
 // NumPy's maximum/minimum: a NaN operand gives NaN.
 ADAMGEN_HD float adamgen_max(float a, float b) { return (a != a || a > b) ? a : ((b != b || b > a) ? b : a); }
 ADAMGEN_HD float adamgen_min(float a, float b) { return (a != a || a < b) ? a : ((b != b || b < a) ? b : a); }
@@ -250,45 +255,48 @@ using Role = std::tuple_element_t<r, RoleTypes>;
 
 // x[r]: role r (param, grad, momentum, velocity, velocity_hat, average, accumulator) in compute type; s[k]: runtime scalar k;
 // pt[j]: per-tensor value j of this tensor. Written roles hold their new value on return.
-ADAMGEN_HD void element(float (&x)[kRoles], const float* __restrict__ s,
+// V: the type of the values that vary from element to element, the compute type (one element)
+// or, in the host's vector loop, a vector of it (one element a lane); the rest are scalars.
+template <typename V>
+ADAMGEN_HD void element(V (&x)[kRoles], const float* __restrict__ s,
                         const float* __restrict__ pt) {
-  const float v0 = (s[0] * x[5]);
+  const V v0 = (s[0] * x[5]);
   const float v1 = 0x1.47ae140000000p-7f;
-  const float v2 = (x[0] * v1);
+  const V v2 = (x[0] * v1);
   const float v3 = 0x1.0624de0000000p-10f;
-  const float v4 = (v2 * v3);
-  const float v5 = (x[0] - v4);
-  const float v6 = (x[1] + x[6]);
+  const V v4 = (v2 * v3);
+  const V v5 = (x[0] - v4);
+  const V v6 = (x[1] + x[6]);
   const float v7 = 0x1.0000000000000p-2f;
-  const float v8 = (v6 * v7);
-  const float v9 = (v8 * s[3]);
-  const float v10 = (v9 - x[2]);
+  const V v8 = (v6 * v7);
+  const V v9 = (v8 * s[3]);
+  const V v10 = (v9 - x[2]);
   const float v11 = 0x1.99999a0000000p-4f;
-  const float v12 = (v10 * v11);
-  const float v13 = (x[2] + v12);
-  const float v14 = (v13 * s[4]);
-  const float v15 = (v9 * v9);
-  const float v16 = (v15 - x[3]);
-  const float v17 = (v16 * v3);
-  const float v18 = (x[3] + v17);
-  const float v19 = adamgen_max(x[4], v18);
-  const float v20 = sqrtf(v19);
+  const V v12 = (v10 * v11);
+  const V v13 = (x[2] + v12);
+  const V v14 = (v13 * s[4]);
+  const V v15 = (v9 * v9);
+  const V v16 = (v15 - x[3]);
+  const V v17 = (v16 * v3);
+  const V v18 = (x[3] + v17);
+  const V v19 = adamgen_max(x[4], v18);
+  const V v20 = adamgen_sqrt(v19);
   const float v21 = 0x1.ad7f2a0000000p-24f;
-  const float v22 = (v20 + v21);
-  const float v23 = (v14 / v22);
-  const float v24 = (v5 - v23);
-  const float v25 = ((s[2] != 0.0f) ? v24 : x[0]);
-  const float v26 = (s[1] * v25);
-  const float v27 = (v0 + v26);
-  const float v28 = (v27 * s[5]);
-  const float v29 = (v25 * s[6]);
-  const float v30 = (v28 + v29);
-  const float v31 = ((s[2] != 0.0f) ? v13 : x[2]);
-  const float v32 = ((s[2] != 0.0f) ? v18 : x[3]);
-  const float v33 = ((s[2] != 0.0f) ? v19 : x[4]);
+  const V v22 = (v20 + v21);
+  const V v23 = (v14 / v22);
+  const V v24 = (v5 - v23);
+  const V v25 = ((s[2] != 0.0f) ? v24 : x[0]);
+  const V v26 = (s[1] * v25);
+  const V v27 = (v0 + v26);
+  const V v28 = (v27 * s[5]);
+  const V v29 = (v25 * s[6]);
+  const V v30 = (v28 + v29);
+  const V v31 = ((s[2] != 0.0f) ? v13 : x[2]);
+  const V v32 = ((s[2] != 0.0f) ? v18 : x[3]);
+  const V v33 = ((s[2] != 0.0f) ? v19 : x[4]);
   const float v34 = 0x0.0p+0f;
-  const float v35 = (x[6] + x[1]);
-  const float v36 = ((s[2] != 0.0f) ? v34 : v35);
+  const V v35 = (x[6] + x[1]);
+  const V v36 = ((s[2] != 0.0f) ? adamgen_splat<V>(v34) : v35);
   x[0] = v30;
   x[2] = v31;
   x[3] = v32;
@@ -303,45 +311,46 @@ constexpr bool kOneElementBody = false;
 
 // The same for a tensor of more than one element: a value that is false for every such tensor
 // (a one-element tensor's flag) is the literal false here, so what it selects is not computed.
-ADAMGEN_HD void element_many(float (&x)[kRoles], const float* __restrict__ s,
+template <typename V>
+ADAMGEN_HD void element_many(V (&x)[kRoles], const float* __restrict__ s,
                              const float* __restrict__ pt) {
-  const float v0 = (s[0] * x[5]);
+  const V v0 = (s[0] * x[5]);
   const float v1 = 0x1.47ae140000000p-7f;
-  const float v2 = (x[0] * v1);
+  const V v2 = (x[0] * v1);
   const float v3 = 0x1.0624de0000000p-10f;
-  const float v4 = (v2 * v3);
-  const float v5 = (x[0] - v4);
-  const float v6 = (x[1] + x[6]);
+  const V v4 = (v2 * v3);
+  const V v5 = (x[0] - v4);
+  const V v6 = (x[1] + x[6]);
   const float v7 = 0x1.0000000000000p-2f;
-  const float v8 = (v6 * v7);
-  const float v9 = (v8 * s[3]);
-  const float v10 = (v9 - x[2]);
+  const V v8 = (v6 * v7);
+  const V v9 = (v8 * s[3]);
+  const V v10 = (v9 - x[2]);
   const float v11 = 0x1.99999a0000000p-4f;
-  const float v12 = (v10 * v11);
-  const float v13 = (x[2] + v12);
-  const float v14 = (v13 * s[4]);
-  const float v15 = (v9 * v9);
-  const float v16 = (v15 - x[3]);
-  const float v17 = (v16 * v3);
-  const float v18 = (x[3] + v17);
-  const float v19 = adamgen_max(x[4], v18);
-  const float v20 = sqrtf(v19);
+  const V v12 = (v10 * v11);
+  const V v13 = (x[2] + v12);
+  const V v14 = (v13 * s[4]);
+  const V v15 = (v9 * v9);
+  const V v16 = (v15 - x[3]);
+  const V v17 = (v16 * v3);
+  const V v18 = (x[3] + v17);
+  const V v19 = adamgen_max(x[4], v18);
+  const V v20 = adamgen_sqrt(v19);
   const float v21 = 0x1.ad7f2a0000000p-24f;
-  const float v22 = (v20 + v21);
-  const float v23 = (v14 / v22);
-  const float v24 = (v5 - v23);
-  const float v25 = ((s[2] != 0.0f) ? v24 : x[0]);
-  const float v26 = (s[1] * v25);
-  const float v27 = (v0 + v26);
-  const float v28 = (v27 * s[5]);
-  const float v29 = (v25 * s[6]);
-  const float v30 = (v28 + v29);
-  const float v31 = ((s[2] != 0.0f) ? v13 : x[2]);
-  const float v32 = ((s[2] != 0.0f) ? v18 : x[3]);
-  const float v33 = ((s[2] != 0.0f) ? v19 : x[4]);
+  const V v22 = (v20 + v21);
+  const V v23 = (v14 / v22);
+  const V v24 = (v5 - v23);
+  const V v25 = ((s[2] != 0.0f) ? v24 : x[0]);
+  const V v26 = (s[1] * v25);
+  const V v27 = (v0 + v26);
+  const V v28 = (v27 * s[5]);
+  const V v29 = (v25 * s[6]);
+  const V v30 = (v28 + v29);
+  const V v31 = ((s[2] != 0.0f) ? v13 : x[2]);
+  const V v32 = ((s[2] != 0.0f) ? v18 : x[3]);
+  const V v33 = ((s[2] != 0.0f) ? v19 : x[4]);
   const float v34 = 0x0.0p+0f;
-  const float v35 = (x[6] + x[1]);
-  const float v36 = ((s[2] != 0.0f) ? v34 : v35);
+  const V v35 = (x[6] + x[1]);
+  const V v36 = ((s[2] != 0.0f) ? adamgen_splat<V>(v34) : v35);
   x[0] = v30;
   x[2] = v31;
   x[3] = v32;
