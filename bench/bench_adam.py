@@ -195,6 +195,9 @@ def wait_quiet(max_wait_s: float, threshold: float = 0.3) -> float:
     return busy
 
 
+QUIET_S = 0.05  # before each timed step: other runtimes' spinning threads go to sleep
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -222,12 +225,15 @@ def run_group(group: list[Peer], gi: int, cfg: Config) -> list[Record]:
                 f"  warm {warm_call / peer.steps_per_call * 1e3:9.2f} ms/step  -> {reps} repeats")
         rec.note = peer.note
         records.append(rec)
-    # A fresh order each round: a step right after an OpenMP candidate (the floor, torch) runs
-    # while that runtime's threads still spin, so a fixed order would tax one candidate each time.
+    # A fresh order each round, and a moment's quiet before each step: a step right after another
+    # runtime's (OpenMP for the floor and torch, XLA's pool for the JAX candidates) runs while
+    # that runtime's threads still spin, which on a machine of few cores takes the step's cores
+    # (measured on 2 cores: the C floor read 19 ms right after a jit, 13.6 ms after 50 ms).
     order = random.Random(gi)
     for _ in range(cfg.rounds):
         for peer, rec, reps in order.sample(live, len(live)):
             if len(rec.times_s) < reps:
+                time.sleep(QUIET_S)
                 rec.times_s.append(timed(peer.step) / peer.steps_per_call)
     floor_ms = next((r.median_ms for r in records if r.name == "C floor" and r.times_s), float("nan"))
     for peer, rec, _ in live:

@@ -8,7 +8,8 @@ Keras does (bit-exact), and that rounding, written out in integer ops, is what m
 half-precision step compute-bound on a CPU. Runs, interleaved in one process: the C floor
 (float32, the same loop without any rounding), adamgen cpu inside a jit of K steps for each
 dtype, optax in the same kind of jit, and torch.optim.Adam(fused=True) on the same dtype (when
-torch is installed). Medians of the rounds; ms per step.
+torch is installed), and the float16 kernel once more with its loop left to GCC's vectorizer
+instead of the explicit vector loop (templates/host/vector.h). Medians of the rounds; ms per step.
 """
 from __future__ import annotations
 
@@ -49,6 +50,18 @@ def jax_case(run, params, grads, init) -> list:
     return step
 
 
+def scalar_loop_optimizer(spec):
+    """The cpu target with no dtype on the explicit vector loop (cpp.Capabilities.vector_dtypes)."""
+    from dataclasses import replace
+
+    from adamgen.backends.cpp import HOST
+    from adamgen.backends.native import NativeExecutor
+    from adamgen.compiler import kernels_for
+    from adamgen.runtime import Optimizer
+    executor = NativeExecutor(spec, kernels_for(spec), "cpu", caps=replace(HOST, vector_dtypes=()))
+    return Optimizer(spec, "cpu", executor, donates=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=int, default=16_777_216)
@@ -74,6 +87,10 @@ def main() -> None:
     for name, dt in DTYPES.items():
         p, g = [p32.astype(dt)], [g32.astype(dt)]
         cases[f"adamgen cpu, {name}"] = (jax_case(adamgen_in_jit(opt, K), p, g, opt.init), K)
+    # the float16 kernel with its loop left to the compiler's vectorizer (no host/vector.h loop)
+    scalar = scalar_loop_optimizer(opt.spec)
+    p, g = [p32.astype(np.float16)], [g32.astype(np.float16)]
+    cases["adamgen cpu, float16, scalar loop"] = (jax_case(adamgen_in_jit(scalar, K), p, g, scalar.init), K)
     for name, dt in DTYPES.items():
         p, g = [p32.astype(dt)], [g32.astype(dt)]
         cases[f"optax in jit, {name}"] = (jax_case(optax_in_jit(tx, K), p, g, lambda q: (tx.init(q), None)), K)
@@ -89,6 +106,9 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.rounds):
         for name, (call, steps) in cases.items():
+            # a moment's quiet first: XLA's pool threads spin a while after a jit returns, and
+            # on a machine of few cores they would take the C floor's OpenMP threads' cores
+            time.sleep(0.05)
             t = time.perf_counter()
             call()
             times[name].append((time.perf_counter() - t) / steps * 1e3)
