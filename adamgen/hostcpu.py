@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import platform
 import subprocess
 from pathlib import Path
 
@@ -40,15 +41,31 @@ def native_isa(compiler: Path) -> str:
     except (OSError, subprocess.SubprocessError):
         options = []
     if not options:
-        options = [_cpuinfo_flags()]
+        options = [cpuinfo_flags()]
     return hashlib.sha256(" ".join(options).encode()).hexdigest()[:16]
 
 
-def _cpuinfo_flags() -> str:
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo_field(keys: tuple[str, ...], path: Path = CPUINFO) -> str | None:
+    """The first value in `path` (/proc/cpuinfo) whose key is one of `keys` (None: no such
+    line, no file)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line.split(":", 1)[1].strip()
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() in keys:
+                return value.strip()
     except OSError:
         pass
-    return "unknown"
+    return None
+
+
+def cpuinfo_flags() -> str:
+    """The CPU's ISA flags as the kernel lists them (x86 "flags", Arm "Features")."""
+    return _cpuinfo_field(("flags", "Features")) or "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name, else the machine's architecture."""
+    return _cpuinfo_field(("model name",)) or platform.machine()

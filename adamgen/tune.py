@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from adamgen import toolchain
+from adamgen import hostcpu, toolchain
 from adamgen.backends.cpp import CAPABILITIES, Capabilities
 from adamgen.ffi import STORAGE
 
@@ -91,17 +90,8 @@ def fingerprint(target: str) -> dict:
         d = gpus[0]
         return {"gpu": d.device_kind, "compute_capability": getattr(d, "compute_capability", None),
                 "sm_count": getattr(d, "core_count", None)}
-    model, flags = platform.machine(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = hashlib.sha256(line.encode()).hexdigest()[:12]
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "isa_flags": flags, "cores": os.cpu_count()}
+    flags = hashlib.sha256(hostcpu.cpuinfo_flags().encode()).hexdigest()[:12]
+    return {"cpu": hostcpu.cpu_model(), "isa_flags": flags, "cores": os.cpu_count()}
 
 
 def size_bucket(n_params: int) -> str:

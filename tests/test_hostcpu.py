@@ -27,6 +27,19 @@ def test_the_target_options_are_read_from_gcc_and_clang_verbose_output():
     assert hostcpu._target_options(noise) == []
 
 
+def test_cpuinfo_fields_are_read_by_key_on_x86_and_arm(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx2 f16c\n"
+                   "flags_extra\t: nothing\n\nprocessor\t: 1\nflags\t\t: other\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\n")
+    assert hostcpu._cpuinfo_field(("model name",), x86) == "AMD EPYC 7B13"
+    assert hostcpu._cpuinfo_field(("flags", "Features"), x86) == "fpu sse2 avx2 f16c"  # the first CPU's
+    assert hostcpu._cpuinfo_field(("flags", "Features"), arm) == "fp asimd sve"
+    assert hostcpu._cpuinfo_field(("model name",), arm) is None
+    assert hostcpu._cpuinfo_field(("flags",), tmp_path / "missing") is None
+
+
 def test_this_machines_native_target_is_named():
     compiler = toolchain.find_host_compiler()
     isa = hostcpu.native_isa(compiler.path)
