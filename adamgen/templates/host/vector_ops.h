@@ -43,9 +43,8 @@ ADAMGEN_HD adamgen_v8 adamgen_round_f16(adamgen_v8 f) {
 }
 ADAMGEN_HD adamgen_v8 adamgen_round_bf16(adamgen_v8 f) {
   const adamgen_v8u u = (adamgen_v8u)f;
-  const adamgen_v8u nan = (u & 0xffff0000u) | 0x00400000u;  // quiet
-  const adamgen_v8u rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  return (adamgen_v8)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+  const adamgen_v8u up = u + 0x7fffu + ((u >> 16) & 1u);  // to even
+  return (adamgen_v8)((f != f ? (u | 0x00400000u) : up) & 0xffff0000u);  // NaN: quiet
 }
 
 #else
