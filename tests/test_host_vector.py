@@ -215,6 +215,15 @@ func @update(%param: f16[N], %grad: f16[N]) attributes {kind = "elementwise"} {
     assert not vector_capable([v for _, v in fn.outputs])
     uniform = text.replace("%1 = lt %grad, %0 : bool[N]", "%1 = const true : bool")
     assert vector_capable([v for _, v in parse_module(uniform).function("update").outputs])
+    constant_output = text.replace("return {param = %3}", "return {param = %0}")
+    assert not vector_capable([v for _, v in parse_module(constant_output).function("update").outputs])
+
+
+def test_only_the_cpu_platform_takes_vector_dtypes():
+    with pytest.raises(ValueError, match="only the cpu platform"):
+        replace(CUDA, vector_dtypes=("f16",))
+    with pytest.raises(ValueError, match="must be a tuple"):
+        replace(HOST, vector_dtypes="f16")
 
 
 def _optimizer(spec, vector_dtypes):
@@ -253,7 +262,7 @@ def _steps(opt, params, grads):
 
 @pytest.mark.parametrize("specials", [False, True], ids=["finite", "specials"])
 @pytest.mark.parametrize("name", list(SPECS))
-def test_vector_loop_steps_equal_the_scalar_loop(name, specials):
+def test_vector_loop_steps_equal_the_scalar_loop(vlib, name, specials):
     """Whole float16 steps, vector loop vs scalar loop, on finite gradients and on gradients with
     NaN (signaling ones too), infinite, overflowing and subnormal elements (under a norm those
     make whole tensors NaN): the same values in every param, slot and the EMA, NaN where the
@@ -275,7 +284,7 @@ def _same_or_both_nan(got: np.ndarray, want: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("name", ["plain", "clipvalue"])
-def test_vector_loop_steps_equal_the_oracle(name):
+def test_vector_loop_steps_equal_the_oracle(vlib, name):
     """The same steps against the NumPy oracle (specs without norms, whose sums of squares the
     oracle adds in another order): equal bits."""
     spec = adamgen.AdamSpec(**SPECS[name])

@@ -65,6 +65,10 @@ class Capabilities:
         if self.block_threads & (self.block_threads - 1) or not 32 <= self.block_threads <= 1024:
             # the CUDA block reduction halves its stride: a power of two, at most CUDA's 1024
             raise ValueError(f"block_threads must be a power of two from 32 to 1024, got {self.block_threads!r}")
+        if not isinstance(self.vector_dtypes, tuple):
+            raise ValueError(f"vector_dtypes must be a tuple of dtypes, got {self.vector_dtypes!r}")
+        if self.vector_dtypes and self.platform != "cpu":
+            raise ValueError(f"vector_dtypes: only the cpu platform has a vector loop, got platform {self.platform!r}")
         unknown = set(self.vector_dtypes) - set(FLOAT_TYPES)
         if unknown:
             raise ValueError(f"vector_dtypes: {sorted(unknown)} are not float types; allowed: {FLOAT_TYPES}")
@@ -248,6 +252,8 @@ def vector_capable(roots: list[Node]) -> bool:
     """Can the values of `roots` be computed on vectors: is every varying value a float made
     by a VECTOR_OPS op, a SELECT's condition uniform?"""
     varying = varying_nodes(roots)
+    if any(id(root) not in varying for root in roots):
+        return False  # a uniform output would be assigned, as a scalar, to a vector role
     for node in topo_order(roots):
         if node.op is Op.INPUT or id(node) not in varying:
             continue

@@ -80,7 +80,7 @@ constexpr std::int64_t kLanes = 8;
 typedef float adamgen_v8 __attribute__((vector_size(32)));
 typedef std::uint32_t adamgen_v8u __attribute__((vector_size(32)));
 typedef std::int32_t adamgen_v8i __attribute__((vector_size(32)));  // lane masks: -1 or 0
-constexpr int kRoundEven = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+constexpr int kRoundEven = _MM_FROUND_TO_NEAREST_INT;  // imm8 of the VEX vcvtps2ph: rounding only
 
 ADAMGEN_HD adamgen_v8 adamgen_sqrt(adamgen_v8 f) { return (adamgen_v8)_mm256_sqrt_ps((__m256)f); }
 // NumPy's maximum/minimum, as the scalar adamgen_max/adamgen_min: a NaN operand gives NaN.
