@@ -37,8 +37,8 @@ def build(spec, target: str = "jax", *, verify: bool = False):
     if target == "jax":
         from adamgen.backends.jax import JaxExecutor
         return Optimizer(spec, target, JaxExecutor(spec, kernels_for(spec, verify)), donates=True)
-    from adamgen.backends.native import NativeExecutor
-    return Optimizer(spec, target, NativeExecutor(spec, kernels_for(spec, verify), target), donates=True)
+    from adamgen.backends.native import native_optimizer
+    return native_optimizer(spec, target, verify=verify)
 
 
 def load(path):

@@ -178,11 +178,9 @@ def _precompile(spec, target: str, dtype: str, configs: list[TuneConfig]) -> Non
 
 def _time_candidate(spec, target: str, dtype: str, caps: Capabilities, workloads, repeats: int) -> float:
     """Median ms per step over the workloads, on scratch arrays owned by this function."""
-    from adamgen.backends.native import NativeExecutor
-    from adamgen.compiler import kernels_for
-    from adamgen.runtime import Optimizer
+    from adamgen.backends.native import native_optimizer
 
-    opt = Optimizer(spec, target, NativeExecutor(spec, kernels_for(spec), target, caps=caps), donates=True)
+    opt = native_optimizer(spec, target, caps)
     rng = np.random.default_rng(0)
     np_dtype = STORAGE[dtype][2]
     total = 0.0

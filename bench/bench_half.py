@@ -55,11 +55,8 @@ def scalar_loop_optimizer(spec):
     from dataclasses import replace
 
     from adamgen.backends.cpp import HOST
-    from adamgen.backends.native import NativeExecutor
-    from adamgen.compiler import kernels_for
-    from adamgen.runtime import Optimizer
-    executor = NativeExecutor(spec, kernels_for(spec), "cpu", caps=replace(HOST, vector_dtypes=()))
-    return Optimizer(spec, "cpu", executor, donates=True)
+    from adamgen.backends.native import native_optimizer
+    return native_optimizer(spec, "cpu", replace(HOST, vector_dtypes=()))
 
 
 def main() -> None:

@@ -20,11 +20,8 @@ from tests.test_native import SPECS, _bits, _inputs, _role_arrays
 
 
 def _cpu_optimizer(spec, **caps):
-    from adamgen.backends.native import NativeExecutor
-    from adamgen.compiler import kernels_for
-    from adamgen.runtime import Optimizer
-    executor = NativeExecutor(spec, kernels_for(spec), "cpu", caps=replace(HOST, **caps))
-    return Optimizer(spec, "cpu", executor, donates=True)
+    from adamgen.backends.native import native_optimizer
+    return native_optimizer(spec, "cpu", replace(HOST, **caps))
 
 
 @pytest.mark.parametrize("name", ["plain", "full", "clipvalue"])

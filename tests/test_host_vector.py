@@ -22,6 +22,7 @@ from adamgen.compiler import compile_spec
 from adamgen.ir.parser import parse_module
 from adamgen.oracle import Oracle
 from tests.test_half_conversions import _store_inputs
+from tests.test_cpu_target import _cpu_optimizer
 from tests.test_native import SPECS, _bits
 
 # Entry points over n floats (n a multiple of 8): each vector op and its scalar twin.
@@ -226,14 +227,6 @@ def test_only_the_cpu_platform_takes_vector_dtypes():
         replace(HOST, vector_dtypes="f16")
 
 
-def _optimizer(spec, vector_dtypes):
-    from adamgen.backends.native import NativeExecutor
-    from adamgen.compiler import kernels_for
-    from adamgen.runtime import Optimizer
-    executor = NativeExecutor(spec, kernels_for(spec), "cpu", caps=replace(HOST, vector_dtypes=vector_dtypes))
-    return Optimizer(spec, "cpu", executor, donates=True)
-
-
 # every tail length 0..7 around whole vectors, a one-element tensor, and two that span chunks
 SIZES = [1, 2, 7, 8, 9, 15, 16, 17, 20, 23, 31, 65536 + 5, 2 * 65536 + 8]
 
@@ -269,8 +262,8 @@ def test_vector_loop_steps_equal_the_scalar_loop(vlib, name, specials):
     other has NaN."""
     spec = adamgen.AdamSpec(**SPECS[name])
     params, grads = _tree(np.random.default_rng(5), specials=specials)
-    got = _steps(_optimizer(spec, ("f16",)), params, grads)
-    want = _steps(_optimizer(spec, ()), params, grads)
+    got = _steps(_cpu_optimizer(spec, vector_dtypes=("f16",)), params, grads)
+    want = _steps(_cpu_optimizer(spec, vector_dtypes=()), params, grads)
     for a, b in zip(got, want):
         _same_or_both_nan(np.asarray(a), np.asarray(b))
 
@@ -289,7 +282,7 @@ def test_vector_loop_steps_equal_the_oracle(vlib, name):
     oracle adds in another order): equal bits."""
     spec = adamgen.AdamSpec(**SPECS[name])
     params, grads = _tree(np.random.default_rng(6), specials=False)
-    opt = _optimizer(spec, ("f16",))
+    opt = _cpu_optimizer(spec, vector_dtypes=("f16",))
     p = jax.tree_util.tree_map(jnp.asarray, params)
     state = opt.init(p)
     orc = Oracle(spec)

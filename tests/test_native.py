@@ -268,11 +268,9 @@ def test_cuda_target_matches_oracle_on_gpu(name):
 
 def _cuda_steps_match_oracle(spec, params: list, steps: int, rng, check_state=None, caps=None) -> None:
     """`steps` cuda-target steps on `params` against the NumPy oracle's, random grads each step."""
-    from adamgen.backends.native import NativeExecutor
-    from adamgen.compiler import kernels_for
-    from adamgen.runtime import Optimizer
+    from adamgen.backends.native import native_optimizer
 
-    opt = Optimizer(spec, "cuda", NativeExecutor(spec, kernels_for(spec), "cuda", caps=caps), donates=True)
+    opt = native_optimizer(spec, "cuda", caps)
     ref = adamgen.build(spec, "numpy")
     p = [jnp.asarray(x) for x in params]
     s = opt.init(p)

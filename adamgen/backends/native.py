@@ -95,6 +95,15 @@ def check_platform(target: str) -> None:
                            "`adamgen build --target cuda`, or use target='cpu'")
 
 
+def native_optimizer(spec, target: str, caps: Capabilities | None = None, verify: bool = False):
+    """An `adamgen.runtime.Optimizer` on the native `target`, its kernels built here (not loaded
+    from an artifact) with `caps` (None: the target's own capabilities)."""
+    from adamgen.compiler import kernels_for
+    from adamgen.runtime import Optimizer
+
+    return Optimizer(spec, target, NativeExecutor(spec, kernels_for(spec, verify), target, caps=caps), donates=True)
+
+
 class NativeExecutor(JaxExecutor):
     """The JAX executor with the elementwise kernel replaced by the native custom call."""
 
