@@ -126,3 +126,52 @@ def test_rebuild_of_what_is_not_an_artifact_is_a_clear_error(tmp_path, capsys):
     (out / "spec.json").write_text("{}")
     assert main(["rebuild", str(out)]) == 2
     assert "does not match the manifest hash" in capsys.readouterr().err
+
+
+def test_capabilities_record_round_trips_every_knob():
+    from adamgen.backends.cpp import CUDA
+    for caps in (HOST, CUDA, replace(HOST, vector_dtypes=(), unroll=4, fma=True, inflight_elems=512)):
+        record = json.loads(json.dumps(caps.record()))
+        assert "platform" not in record and "vector_dtypes" in record and "inflight_elems" in record
+        base = replace(caps, chunk_elems=caps.chunk_elems * 2, vector_dtypes=("bf16",) if caps.platform == "cpu" else ())
+        assert base.with_record(record, "here") == caps
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"vector_dtypes": "f16"}, r"capabilities\.vector_dtypes must be a list of strings"),
+    ({"vector_dtypes": ["f64"]}, r"vector_dtypes: \['f64'\] are not float types"),
+    ({"unroll": True}, r"capabilities\.unroll must be int"),
+    ({"fma": 1}, r"capabilities\.fma must be bool"),
+    ({"unroll": 0}, r"unroll must be a positive int"),
+    ({"warp_size": 32}, r"\['warp_size'\] are not knobs of this adamgen; allowed: \["),
+])
+def test_bad_capabilities_in_a_manifest_name_the_file_and_the_knob(tmp_path, knobs, message):
+    out = write_native_artifact(adamgen.AdamSpec(), "cpu", tmp_path / "art_cpu", ("f32",))
+    _edit_manifest(out, lambda m: m["capabilities"].update(knobs))
+    with pytest.raises(ValueError, match=message) as err:
+        adamgen.load(out)
+    assert str(out / "manifest.json") in str(err.value)
+
+
+def test_a_float16_artifact_built_without_the_vector_loop_loads_and_rebuilds_as_built(tmp_path):
+    spec = adamgen.AdamSpec(**SPEC)
+    caps = replace(HOST, vector_dtypes=())
+    out = write_native_artifact(spec, "cpu", tmp_path / "art_cpu", ("f16",), caps=caps)
+    assert json.loads((out / "manifest.json").read_text())["capabilities"]["vector_dtypes"] == []
+    assert "kVectorBody = false;" in (out / "update.f16.cc").read_text()
+    params = [np.linspace(-1, 1, 37, dtype=np.float16)]
+    grads = [np.linspace(0.3, -0.2, 37, dtype=np.float16)]
+
+    def step(opt):
+        return np.asarray(opt.apply(grads, opt.init(params), [np.array(p) for p in params])[0][0])
+
+    loaded = step(_loads_quietly(out))  # renders the same source again: not "edited"
+    np.testing.assert_array_equal(loaded.view(np.uint16), step(adamgen.build(spec, target="cpu")).view(np.uint16))
+    assert main(["rebuild", str(out)]) == 0
+    assert "kVectorBody = false;" in (out / "update.f16.cc").read_text()
+
+
+def test_a_manifest_from_before_a_knob_was_recorded_loads_with_its_default(tmp_path):
+    out = write_native_artifact(adamgen.AdamSpec(**SPEC), "cpu", tmp_path / "art_cpu", ("f32",))
+    _edit_manifest(out, lambda m: [m["capabilities"].pop(k) for k in ("vector_dtypes", "inflight_elems")])
+    np.testing.assert_array_equal(_step(_loads_quietly(out)), _step(adamgen.build(adamgen.AdamSpec(**SPEC), target="cpu")))

@@ -9,7 +9,7 @@ Targets declare capabilities as data (`Capabilities`); nothing here asks which t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import numpy as np
@@ -93,6 +93,37 @@ class Capabilities:
         """The capabilities a kernel over `itemsize`-byte elements is built with (the unroll
         lowered to fit): two configs with the same effective capabilities build the same kernel."""
         return replace(self, unroll=self.unroll_for(itemsize))
+
+    def record(self) -> dict:
+        """Every knob but the platform, as JSON values (an artifact's manifest records them all:
+        each one shapes the rendered source, so loading must render it again the same way)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in fields(self) if f.name != "platform"}
+
+    def with_record(self, record: dict, where: str) -> "Capabilities":
+        """These capabilities with the knobs of `record` (a manifest's, maybe from an older
+        adamgen that recorded fewer: the rest keep this object's values). `where` names the
+        record's origin in errors."""
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: capabilities must be an object, got {record!r}")
+        known = {f.name: f.type for f in fields(self) if f.name != "platform"}
+        unknown = sorted(set(record) - set(known))
+        if unknown:
+            raise ValueError(f"{where}: capabilities {unknown} are not knobs of this adamgen; allowed: {sorted(known)}")
+        values = {}
+        for key, value in record.items():
+            current = getattr(self, key)
+            if isinstance(current, tuple):
+                if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                    raise ValueError(f"{where}: capabilities.{key} must be a list of strings, got {value!r}")
+                value = tuple(value)
+            elif isinstance(current, bool) != isinstance(value, bool) or not isinstance(value, type(current)):
+                raise ValueError(f"{where}: capabilities.{key} must be {type(current).__name__}, got {value!r}")
+            values[key] = value
+        try:
+            return replace(self, **values)
+        except ValueError as err:
+            raise ValueError(f"{where}: capabilities: {err}") from None
 
 
 VECTOR_BYTES = (2, 4, 8, 16, 32)

@@ -3,13 +3,12 @@ loading them back (the libraries when intact, else the source compiled again); t
 artifact was built with, for building it again (aot.rebuild_artifact)."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from adamgen import ffi, toolchain
 from adamgen.aot import sha256_hex
 from adamgen.backends.cpp import CAPABILITIES, Capabilities
-from adamgen.backends.native import TUNABLE, NativeExecutor, kernel_for, native_kernel_names
+from adamgen.backends.native import NativeExecutor, kernel_for, native_kernel_names
 from adamgen.hostcpu import native_isa
 from adamgen.ir.node import Module
 
@@ -44,8 +43,7 @@ def write_native_artifact(spec, target: str, out_dir: Path, dtypes: tuple[str, .
     if target == "cpu":  # the libraries run only where -march=native selects the same instructions
         build_info["host_isa"] = native_isa(compiler.path)
     # The kernel knobs shape the source, so they are part of the reproducible manifest.
-    knobs = {"capabilities": {"fma": caps.fma, **{key: getattr(caps, key) for key in TUNABLE}},
-             "templates": ffi.templates_hash()}
+    knobs = {"capabilities": caps.record(), "templates": ffi.templates_hash()}
     return write_artifact(spec, target, out_dir, dtypes, extra_files=extra_files, build_info=build_info,
                           binaries=binaries, manifest_extra=knobs)
 
@@ -67,20 +65,15 @@ def _build_record(path: Path, warn: bool) -> dict:
         return {}
 
 
-def _caps_from_manifest(manifest: dict) -> Capabilities:
-    caps = CAPABILITIES[manifest["target"]]
-    knobs = manifest.get("capabilities", {})
-    for key in TUNABLE:
-        if key in knobs:
-            caps = replace(caps, **{key: type(getattr(caps, key))(knobs[key])})
-    return caps
+def _caps_from_manifest(path: Path, manifest: dict) -> Capabilities:
+    return CAPABILITIES[manifest["target"]].with_record(manifest.get("capabilities", {}), str(path / "manifest.json"))
 
 
 def artifact_build_settings(path: Path, manifest: dict) -> tuple[Capabilities, dict | None]:
     """The kernel knobs a native artifact was built with and its tuning record (None: untuned),
     for building it again."""
     record = _build_record(path, warn=False).get("tune")
-    return _caps_from_manifest(manifest), record if isinstance(record, dict) else None
+    return _caps_from_manifest(path, manifest), record if isinstance(record, dict) else None
 
 
 def load_native_executor(spec, module_for, path: Path, manifest: dict) -> NativeExecutor:
@@ -93,7 +86,7 @@ def load_native_executor(spec, module_for, path: Path, manifest: dict) -> Native
         lib = path / name
         if lib.is_file() and sha256_hex(lib.read_bytes()) == digest:
             binaries[name.removesuffix(".so")] = lib
-    executor = NativeExecutor(spec, module_for, target, binaries, _caps_from_manifest(manifest))
+    executor = NativeExecutor(spec, module_for, target, binaries, _caps_from_manifest(path, manifest))
     for dtype in manifest["dtypes"]:
         executor.module(dtype)
         for name, (native, _) in executor.kernels[dtype].items():
