@@ -69,3 +69,26 @@ def cpuinfo_flags() -> str:
 def cpu_model() -> str:
     """The CPU's model name, else the machine's architecture."""
     return _cpuinfo_field(("model name",)) or platform.machine()
+
+
+@functools.cache
+def native_macros(compiler: Path) -> frozenset[str]:
+    """The macros `-march=native` predefines for `compiler` here (empty: the compiler did not
+    answer)."""
+    try:
+        proc = subprocess.run([str(compiler), "-march=native", "-dM", "-E", "-x", "c++", "-"], input="",
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(line.split()[1] for line in proc.stdout.splitlines()
+                     if line.startswith("#define ") and len(line.split()) > 1)
+
+
+# What templates/host/vector_ops.h builds its 8-lane vectors on.
+VECTOR_LOOP_MACROS = frozenset({"__AVX2__", "__F16C__"})
+
+
+def host_vector_loop(compiler: Path) -> bool:
+    """Whether a host kernel compiled by `compiler` here runs its explicit vector loop (a kernel
+    rendered with one; elsewhere the scalar loop runs it all)."""
+    return VECTOR_LOOP_MACROS <= native_macros(compiler)

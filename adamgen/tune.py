@@ -200,9 +200,21 @@ def _time_candidate(spec, target: str, dtype: str, caps: Capabilities, workloads
     return total
 
 
-def search_size(target: str) -> int:
+# Knobs that change nothing a kernel runs when its element loop is the host's explicit vectors
+# (templates/host/vector.h, a fixed 8 lanes): the unroll then reaches only the < 8-element tail.
+VECTOR_LOOP_IDLE = ("unroll",)
+
+
+def search_axes(target: str, vector_loop: bool = False) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The knobs searched for a kernel on `target` (and their values); `vector_loop`: the kernel
+    runs the host's explicit vector loop here."""
+    idle = VECTOR_LOOP_IDLE if vector_loop else ()
+    return tuple((knob, values) for knob, values in SEARCH[target] if knob not in idle)
+
+
+def search_size(target: str, vector_loop: bool = False) -> int:
     """How many configs the coordinate descent times (each knob's default value is shared)."""
-    return 1 + sum(len(values) - 1 for _, values in SEARCH[target])
+    return 1 + sum(len(values) - 1 for _, values in search_axes(target, vector_loop))
 
 
 def coordinate_descent(axes, measure: Callable[[TuneConfig], float],
@@ -234,7 +246,9 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
     from adamgen.compiler import compile_spec
 
     module = compile_spec(spec, dtype).kernels
-    source_hash = hashlib.sha256(kernel_for(module, dtype, CAPABILITIES[target]).source.encode()).hexdigest()
+    default_kernel = kernel_for(module, dtype, CAPABILITIES[target])
+    source_hash = hashlib.sha256(default_kernel.source.encode()).hexdigest()
+    vector_loop = default_kernel.ctx.vector_body and hostcpu.host_vector_loop(toolchain.find_host_compiler().path)
     bucket = size_bucket(n_params)
     key = cache_key(target, dtype, bucket, source_hash)
     cache_file = Path(cache_file) if cache_file is not None else default_cache_file()
@@ -262,7 +276,7 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
             progress.step(f"{measured[config]:.2f} ms")
         return measured[config]
 
-    total = len(set(candidates)) if candidates else search_size(target)
+    total = len(set(candidates)) if candidates else search_size(target, vector_loop)
     progress = Progress(total, f"adamgen tune {target}")
     try:
         if candidates:  # an explicit list: time every one
@@ -270,11 +284,14 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
                 prepare(list(candidates))
             best = min(candidates, key=measure)
         else:
-            best = coordinate_descent(SEARCH[target], measure, prepare)
+            best = coordinate_descent(search_axes(target, vector_loop), measure, prepare)
     finally:
         progress.close()
     timings = tuple((json.dumps(c.knobs(), sort_keys=True), ms) for c, ms in measured.items())
-    result = TuneResult(best, "tuned", key, timings)
+    idle = [knob for knob, _ in SEARCH[target] if knob not in dict(search_axes(target, vector_loop))]
+    reason = (f"not searched: {', '.join(idle)} (the {dtype} kernel runs the host's 8-lane vector loop here, "
+              "which the knob does not reach)" if idle and not candidates else "")
+    result = TuneResult(best, "tuned", key, timings, reason)
     cache[key] = {"config": result.config.knobs(), "timings_ms": dict(timings)}
     _write_cache(cache_file, cache)
     return result

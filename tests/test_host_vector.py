@@ -296,3 +296,10 @@ def test_vector_loop_steps_equal_the_oracle(vlib, name):
     slots = state.unpacked()
     for got, want in zip(slots.momentums + slots.velocities, want_s.momentums + want_s.velocities):
         np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+def test_the_tuners_probe_agrees_with_the_compiled_kernel(lib):
+    """hostcpu.host_vector_loop (the compiler's -march=native macros) says what the kernel built
+    here runs: the tuner trusts it to leave the unroll unsearched."""
+    from adamgen import hostcpu
+    assert hostcpu.host_vector_loop(toolchain.find_host_compiler().path) == bool(lib.test_host_vector())

@@ -223,3 +223,23 @@ def test_configs_that_build_the_same_kernel_are_timed_once(tmp_path, monkeypatch
     timings = dict(res.timings_ms)
     assert len(timings) == 3 and timings[json.dumps(cands[0].knobs(), sort_keys=True)] == \
         timings[json.dumps(cands[1].knobs(), sort_keys=True)]
+
+
+@pytest.mark.parametrize("vector_loop", [True, False])
+def test_a_float16_kernel_on_the_host_vector_loop_does_not_search_unroll(tmp_path, monkeypatch, vector_loop):
+    """The float16 host kernel's loop is 8-lane vectors where the CPU has AVX2 and F16C (the
+    unroll reaches only its tail): there the unroll is not timed; elsewhere it is."""
+    monkeypatch.setattr(T.hostcpu, "host_vector_loop", lambda compiler: vector_loop)
+    calls = []
+    result = T.tune(SPEC, "cpu", "f16", cache_file=tmp_path / "tune.json", timer=fake_timer(calls))
+    assert len(calls) == T.search_size("cpu", vector_loop) == (6 if vector_loop else 8)
+    assert {caps.unroll for caps in calls} == ({1} if vector_loop else {1, 2, 4})
+    assert ("unroll" in result.config.knobs()) is not vector_loop
+    assert ("not searched: unroll" in result.reason) is vector_loop
+
+
+def test_a_float32_kernel_searches_unroll_even_where_the_host_has_vectors(tmp_path, monkeypatch):
+    monkeypatch.setattr(T.hostcpu, "host_vector_loop", lambda compiler: True)
+    calls = []
+    T.tune(SPEC, "cpu", "f32", cache_file=tmp_path / "tune.json", timer=fake_timer(calls))
+    assert {caps.unroll for caps in calls} == {1, 2, 4}
