@@ -303,3 +303,86 @@ def test_the_tuners_probe_agrees_with_the_compiled_kernel(lib):
     here runs: the tuner trusts it to leave the unroll unsearched."""
     from adamgen import hostcpu
     assert hostcpu.host_vector_loop(toolchain.find_host_compiler().path) == bool(lib.test_host_vector())
+
+
+# A hand-written float16 body that uses every op the vector loop takes (VECTOR_OPS), with
+# uniform operands of max, min and select (broadcast), float32 math between casts, a runtime
+# scalar: the ops no Adam spec combines this way.
+EVERY_VECTOR_OP = """module attributes {dtype = "f16", spec = "adam"} {
+func @update(%param: f16[N], %grad: f16[N], %momentum: f16[N], %x: f16) attributes {kind = "elementwise"} {
+  %0 = neg %grad : f16[N]
+  %1 = const 0.25 : f16
+  %2 = min %0, %1 : f16[N]
+  %3 = max %2, %x : f16[N]
+  %4 = cast %grad : f32[N]
+  %5 = mul %4, %4 : f32[N]
+  %6 = const 1e-30 : f32
+  %7 = add %5, %6 : f32[N]
+  %8 = sqrt %7 : f32[N]
+  %9 = cast %8 : f16[N]
+  %10 = const true : bool
+  %11 = select %10, %9, %3 : f16[N]
+  %12 = div %param, %11 : f16[N]
+  %13 = sub %param, %12 : f16[N]
+  %14 = min %13, %momentum : f16[N]
+  %15 = max %14, %3 : f16[N]
+  %16 = mul %15, %x : f16[N]
+  %17 = select %10, %1, %16 : f16[N]
+  %18 = add %17, %16 : f16[N]
+  return {param = %15, momentum = %18}
+}
+}
+"""
+
+RUN_RANGE = """
+namespace adamgen_kernel {
+extern "C" void test_run_range(void* const* ptrs, std::int64_t n, const float* s) {
+  void* p[kRoles];
+  for (int r = 0; r < kRoles; ++r) p[r] = ptrs[r];
+  const float pt[1] = {0.0f};
+  run_range(p, 0, n, s, pt);
+}
+}  // namespace adamgen_kernel
+"""
+
+
+def _run_hand_kernel(module, vector_dtypes: tuple, inputs: dict, x: float) -> dict:
+    from adamgen.ir.verify import verify_module
+    verify_module(module)
+    caps = replace(HOST, vector_dtypes=vector_dtypes, packed_slots=False)
+    native = kernel_for(module, "f16", caps, "update")
+    assert native.ctx.vector_body == bool(vector_dtypes)
+    lib = ctypes.CDLL(str(toolchain.compile_host(native.source + RUN_RANGE)))
+    arrays = {name: np.array(value) for name, value in inputs.items()}
+    ptrs = (ctypes.c_void_p * len(native.rendered.roles))(*[_ptr(arrays[r.name]) for r in native.rendered.roles])
+    assert native.rendered.scalars == ("x",)
+    scalars = np.array([x], np.float32)
+    n = arrays["param"].size
+    lib.test_run_range(ptrs, ctypes.c_int64(n), _ptr(scalars))
+    return arrays
+
+
+def test_a_body_of_every_vector_op_runs_the_vector_loop_as_the_scalar_loop_and_the_ir(vlib):
+    """neg, cast both ways, min and max with uniform and varying operands, select on a uniform
+    condition with a uniform arm, float32 math between casts, + - * / sqrt: the vector loop, the
+    scalar loop and the IR's NumPy interpreter give the same bits, tails and specials included."""
+    from adamgen.ir.interp import run_function
+    from adamgen.ir.verify import verify_module
+
+    module = parse_module(EVERY_VECTOR_OP)
+    verify_module(module)
+    fn = module.function("update")
+    assert vector_capable([v for _, v in fn.outputs])
+    rng = np.random.default_rng(11)
+    n = 8 * 37 + 5  # whole vectors and a 5-element tail
+    grad = (rng.standard_normal(n) * 0.5).astype(np.float16)
+    grad[[3, 50, 99, 200, 298]] = np.array([np.nan, np.inf, -np.inf, 6e-8, -0.0], np.float16)
+    inputs = {"param": rng.standard_normal(n).astype(np.float16), "grad": grad,
+              "momentum": rng.standard_normal(n).astype(np.float16)}
+    x = float(np.float16(-0.125))
+    vec = _run_hand_kernel(module, ("f16",), inputs, x)
+    scalar = _run_hand_kernel(module, (), inputs, x)
+    want = run_function(fn, {**{k: [v] for k, v in inputs.items()}, "x": np.float16(x)}, 1)
+    for role in ("param", "momentum"):
+        _same_or_both_nan(vec[role], scalar[role])
+        _same_or_both_nan(vec[role], np.asarray(want[role][0]))
