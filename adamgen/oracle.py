@@ -78,9 +78,14 @@ def _div_scalar(x: np.ndarray, d: np.ndarray) -> np.ndarray:
         return (x * (np.asarray(1, dt) / d).astype(dt)).astype(dt)
 
 
-def _sum_squares(x: np.ndarray) -> np.ndarray:
+# The float32 sum of one tensor's squares: XLA-CPU's order (Keras' own) unless a caller names
+# another (Oracle's `tensor_sum`: the one freedom a target has, the order of a norm's additions).
+TensorSum = Callable[[np.ndarray], Any]
+
+
+def _sum_squares(x: np.ndarray, tensor_sum: TensorSum = xla_cpu.sum_f32) -> np.ndarray:
     """ops.sum(ops.square(x)): square in x's dtype, accumulate in float32, round once."""
-    return np.asarray(xla_cpu.sum_f32(np.square(x).astype(_F32))).astype(x.dtype)
+    return np.asarray(tensor_sum(np.square(x).astype(_F32))).astype(x.dtype)
 
 
 def _common_dtype(dtypes: list[np.dtype]) -> np.dtype:
@@ -91,21 +96,22 @@ def _common_dtype(dtypes: list[np.dtype]) -> np.dtype:
 # ----------------------------------------------------------------------------- clipping
 
 
-def _clip_by_norm(g: np.ndarray, c: float) -> np.ndarray:
+def _clip_by_norm(g: np.ndarray, c: float, tensor_sum: TensorSum) -> np.ndarray:
     """g*c / max(n, c), n = sqrt(S) if S > 0 else S (Keras' two-tap where)."""
     dt = g.dtype
     with np.errstate(all="ignore"):
-        l2sum = _sum_squares(g)
+        l2sum = _sum_squares(g, tensor_sum)
         l2norm = np.sqrt(l2sum) if l2sum > 0 else l2sum
         intermediate = (g * _const(c, dt)).astype(dt)
         return _div_scalar(intermediate, np.maximum(l2norm, _const(c, dt)))
 
 
-def _clip_by_global_norm(grads: list[np.ndarray], c: float) -> list[np.ndarray]:
-    """scale = c * min(1/N, 1/c) + (N - N); a non-finite N makes every gradient NaN."""
+def _clip_by_global_norm(grads: list[np.ndarray], c: float, tensor_sum: TensorSum) -> list[np.ndarray]:
+    """scale = c * min(1/N, 1/c) + (N - N); a non-finite N makes every gradient NaN. The total
+    over tensors is XLA's sum of the stacked per-tensor sums (every target's too)."""
     dt = _common_dtype([g.dtype for g in grads])
     with np.errstate(all="ignore"):
-        per_tensor = np.stack([_sum_squares(g).astype(dt) for g in grads])
+        per_tensor = np.stack([_sum_squares(g, tensor_sum).astype(dt) for g in grads])
         norm = np.sqrt(np.asarray(xla_cpu.sum_f32(per_tensor.astype(_F32))).astype(dt))
         inv_norm = (np.asarray(1, dt) / norm).astype(dt)
         scale = (_const(c, dt) * np.minimum(inv_norm, _const(1.0 / c, dt))).astype(dt)
@@ -122,14 +128,14 @@ def _clip_by_value(g: np.ndarray, c: float) -> np.ndarray:
     return np.minimum(np.maximum(g, lo), hi)
 
 
-def _clip(grads: list[np.ndarray], clip: tuple[str, float] | None) -> list[np.ndarray]:
+def _clip(grads: list[np.ndarray], clip: tuple[str, float] | None, tensor_sum: TensorSum) -> list[np.ndarray]:
     if clip is None:
         return grads
     kind, c = clip
     if kind == "clipnorm":
-        return [_clip_by_norm(g, c) for g in grads]
+        return [_clip_by_norm(g, c, tensor_sum) for g in grads]
     if kind == "global_clipnorm":
-        return _clip_by_global_norm(grads, c)
+        return _clip_by_global_norm(grads, c, tensor_sum)
     if kind == "clipvalue":
         return [_clip_by_value(g, c) for g in grads]
     raise ValueError(f"unknown clip kind {kind!r}; allowed: clipnorm, clipvalue, global_clipnorm")
@@ -144,8 +150,12 @@ class Oracle:
     Arrays go in and come out as lists (one entry per variable); inputs are never mutated.
     """
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: Any, tensor_sum: TensorSum | None = None) -> None:
+        """`tensor_sum`: how a norm's float32 squares of one tensor are added (default XLA-CPU's
+        order, Keras' own); a target that adds them in another documented order is checked
+        against the oracle given that order (tests/test_host_norm_order.py)."""
         self.spec = spec
+        self.tensor_sum = tensor_sum or xla_cpu.sum_f32
 
     # -- hyper-parameters
 
@@ -230,7 +240,7 @@ class Oracle:
         lr_wd = {i: self.learning_rate_at(k) for i in decays}
         lr = self.learning_rate_at(k)
         if is_update:
-            clipped = _clip([g[i] for i in live], spec.clip)
+            clipped = _clip([g[i] for i in live], spec.clip, self.tensor_sum)
             g = dict(zip(live, clipped))
             for i in decays:  # §5: decoupled decay on the pre-update θ
                 dt = params[i].dtype

@@ -3,7 +3,7 @@ step, for float32, float16 and bfloat16 params (tensors of 20, 40 and 70 element
 vector loop and its tails). The randomized comparisons in test_targets allow a tolerance; this
 one does not, on the configurations where the native kernels do the same arithmetic as Keras
 op for op. Left out, each for a documented reason: norm clipping (the kernels add a sum of
-squares in another order than XLA: up to a few ulps of the norm, README), CosineDecay with
+squares in another order than XLA: up to a few ulps of the norm, README; tests/test_host_norm_order.py checks those steps bit for bit against the oracle in the kernels' order), CosineDecay with
 warmup and CosineDecayRestarts (Keras' own `ops.cond` contracts an FMA there: the learning rate
 can be an ulp off), and callable betas (Keras cannot take them)."""
 from __future__ import annotations
