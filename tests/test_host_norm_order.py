@@ -18,6 +18,7 @@ from adamgen.backends.cpp import HOST
 from adamgen.lower import slots_for
 from adamgen.oracle import Oracle
 from tests.strategies import DTYPES, configs, data
+from tests.test_host_vector import _same_or_both_nan
 from tests.test_native import _bits
 from tests.test_targets import FIELDS
 
@@ -43,17 +44,11 @@ def host_tensor_sum(values: np.ndarray, chunk: int = HOST.chunk_elems) -> np.flo
     return total
 
 
-def _same_or_both_nan(got: np.ndarray, want: np.ndarray, what: str) -> None:
-    """Equal bits, but a NaN need only be a NaN (an overflowing norm makes every gradient NaN;
-    the sign x86 gives inf - inf is no part of the semantics)."""
-    nan = np.isnan(want.astype(np.float32))
-    np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), nan, err_msg=f"{what}: NaN positions")
-    np.testing.assert_array_equal(np.where(nan, 0, _bits(got)), np.where(nan, 0, _bits(want)), err_msg=what)
-
-
 def _run_both(spec, params, grads_seq) -> list:
     """Steps the cpu target and the host-order oracle side by side: the same bits in every
-    param and slot after every step, and in finalize. Returns the target's last params."""
+    param and slot after every step, and in finalize (a NaN need only be a NaN: an overflowing
+    norm makes every gradient NaN, and the sign x86 gives inf - inf is no part of the
+    semantics). Returns the target's last params."""
     opt = adamgen.build(spec, target="cpu")
     orc = Oracle(spec, tensor_sum=host_tensor_sum)
     p = [np.array(x) for x in params]

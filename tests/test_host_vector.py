@@ -268,12 +268,12 @@ def test_vector_loop_steps_equal_the_scalar_loop(vlib, name, specials):
         _same_or_both_nan(np.asarray(a), np.asarray(b))
 
 
-def _same_or_both_nan(got: np.ndarray, want: np.ndarray) -> None:
+def _same_or_both_nan(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
     """Equal bits, but a NaN need only be a NaN: which operand's payload and sign an op on two
     NaNs passes on is the compiler's choice (it may swap the operands of + and *), in either loop."""
     nan = np.isnan(want.astype(np.float32))
-    np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), nan)
-    np.testing.assert_array_equal(np.where(nan, 0, _bits(got)), np.where(nan, 0, _bits(want)))
+    np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), nan, err_msg=f"{what}: NaN positions")
+    np.testing.assert_array_equal(np.where(nan, 0, _bits(got)), np.where(nan, 0, _bits(want)), err_msg=what)
 
 
 @pytest.mark.parametrize("name", ["plain", "clipvalue"])
