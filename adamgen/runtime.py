@@ -93,13 +93,16 @@ class Optimizer:
     # -- state -----------------------------------------------------------------
     def init(self, params) -> AdamState:
         layout = self._layout_for(params)
+        put = self._putter()
         if layout is not None:
-            zeros = lambda: Packed(tuple(jax.device_put(np.zeros(layout.slab_size(g), layout.dtypes[group[0]]))  # noqa: E731
+            zeros = lambda: Packed(tuple(put(np.zeros(layout.slab_size(g), layout.dtypes[group[0]]))  # noqa: E731
                                          for g, group in enumerate(layout.groups)), layout)
         else:
-            zeros = lambda: jax.tree_util.tree_map(self._zeros_like, params)  # noqa: E731
+            # Host zeros then one transfer each: jnp.zeros would compile one XLA program per
+            # distinct shape (about 46 s for a 1000-tensor tree).
+            zeros = lambda: jax.tree_util.tree_map(lambda x: put(np.zeros(np.shape(x), x.dtype)), params)  # noqa: E731
         fields = {SLOT_TO_FIELD[s]: zeros() for s in self.slots}
-        return AdamState(iterations=self._counter(0), **fields)
+        return AdamState(iterations=self._counter(0, put), **fields)
 
     def restore(self, state: AdamState, params) -> AdamState:
         """`state` in this optimizer's own form for `params`: how to resume from a checkpoint
@@ -111,7 +114,7 @@ class Optimizer:
         layout = self._layout_for(params)
         k, slot_leaves = checked_leaves(state, params, self.slots)
         treedef = jax.tree_util.tree_structure(params)
-        put = (lambda x: x) if self.target == "numpy" else jax.device_put  # noqa: E731
+        put = self._putter()
 
         def form(values: list):
             if layout is not None:
@@ -119,7 +122,7 @@ class Optimizer:
             return jax.tree_util.tree_unflatten(treedef, [put(v) for v in values])
 
         fields = {SLOT_TO_FIELD[s]: form(values) for s, values in slot_leaves.items()}
-        return AdamState(iterations=self._counter(int(k)), **fields)
+        return AdamState(iterations=self._counter(int(k), put), **fields)
 
     def _layout_for(self, params) -> PackedLayout | None:
         """Check the params' dtypes (warning where a hyper-parameter degenerates in one), then
@@ -134,15 +137,22 @@ class Optimizer:
         pack = getattr(self._executor, "packed_layout", None)
         return pack(leaves, treedef) if pack is not None and leaves else None
 
-    def _zeros_like(self, x):
-        # Host zeros then one transfer: jnp.zeros would compile one XLA program per distinct
-        # shape (about 46 s for a 1000-tensor tree).
-        zeros = np.zeros(np.shape(x), x.dtype)
-        return zeros if self.target == "numpy" else jax.device_put(zeros)
+    def _putter(self) -> Callable[[np.ndarray], Any]:
+        """How the state's host arrays reach the device: JAX's default device (uncommitted, so
+        the state follows the params into any jit, sharded ones included), unless the target's
+        kernels run on another platform (a cpu target on a GPU host): then that platform's
+        first device, where the kernels can read them."""
+        if self.target == "numpy":
+            return lambda x: x
+        platform = getattr(self._executor, "jax_platform", None)
+        device = None
+        if platform is not None and jax.devices()[0].platform != platform:
+            device = jax.devices(platform)[0]
+        return lambda x: jax.device_put(x, device)
 
-    def _counter(self, k):
+    def _counter(self, k, put):
         # device_put, not jnp.asarray: a typed jnp constant compiles a convert program (~0.2 s).
-        return np.int32(k) if self.target == "numpy" else jax.device_put(np.int32(k))
+        return put(np.int32(k))
 
     # -- the step --------------------------------------------------------------
     def apply(self, grads, state: AdamState, params):

@@ -123,11 +123,48 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tune.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    """Write the cache through a temp file; a cache that cannot be written costs the next run a
+    search, never this run's result (a warning says so)."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tune.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        warnings.warn(f"adamgen tune: cannot write the cache {path} ({exc}); the result is used but not kept")
+
+
+def _cached_result(cache: dict, key: str, target: str, path: Path) -> TuneResult | None:
+    """The cache's entry for `key` as a result, or None (with a warning) when the entry is not
+    one this version wrote: unknown or invalid knobs, missing fields, wrong types."""
+    if key not in cache:
+        return None
+    entry = cache[key]
+    try:
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            raise ValueError("not an object with a 'config' object")
+        knobs = entry["config"]
+        unknown = set(knobs) - set(TuneConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown knobs {sorted(unknown)}")
+        if any(not isinstance(v, int) or isinstance(v, bool) for v in knobs.values()):
+            raise ValueError(f"knob values must be ints, got {knobs}")
+        config = TuneConfig(**knobs)
+        config.apply(CAPABILITIES[target])  # the capabilities' own checks (positive sizes, ...)
+        timings = entry.get("timings_ms", {})
+        if not isinstance(timings, dict) or any(not isinstance(v, (int, float)) for v in timings.values()):
+            raise ValueError("'timings_ms' must map configs to numbers")
+        reason = entry.get("reason", "")
+        if not isinstance(reason, str):
+            raise ValueError("'reason' must be a string")
+    except ValueError as exc:
+        warnings.warn(f"adamgen tune: ignoring the invalid cache entry {key} in {path} ({exc}); tuning again")
+        return None
+    return TuneResult(config, "cached", key, tuple(timings.items()), reason)
 
 
 class Progress:
@@ -178,15 +215,16 @@ def _precompile(spec, target: str, dtype: str, configs: list[TuneConfig]) -> Non
 
 def _time_candidate(spec, target: str, dtype: str, caps: Capabilities, workloads, repeats: int) -> float:
     """Median ms per step over the workloads, on scratch arrays owned by this function."""
-    from adamgen.backends.native import native_optimizer
+    from adamgen.backends.native import JAX_PLATFORM_OF, native_optimizer
 
     opt = native_optimizer(spec, target, caps)
+    device = jax.devices(JAX_PLATFORM_OF[caps.platform])[0]  # not JAX's default: cpu tuning on a GPU host
     rng = np.random.default_rng(0)
     np_dtype = STORAGE[dtype][2]
     total = 0.0
     for count, size in workloads:
-        params = [jax.device_put(rng.standard_normal(size).astype(np_dtype)) for _ in range(count)]
-        grads = [jax.device_put((rng.standard_normal(size) * 0.1).astype(np_dtype)) for _ in range(count)]
+        params = [jax.device_put(rng.standard_normal(size).astype(np_dtype), device) for _ in range(count)]
+        grads = [jax.device_put((rng.standard_normal(size) * 0.1).astype(np_dtype), device) for _ in range(count)]
         state = opt.init(params)
         params, state = opt.apply(grads, state, params)  # compile + warm up
         jax.block_until_ready(params)
@@ -253,9 +291,9 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
     key = cache_key(target, dtype, bucket, source_hash)
     cache_file = Path(cache_file) if cache_file is not None else default_cache_file()
     cache = _read_cache(cache_file)
-    if key in cache:
-        hit = cache[key]
-        return TuneResult(TuneConfig(**hit["config"]), "cached", key, tuple(hit.get("timings_ms", {}).items()))
+    hit = _cached_result(cache, key, target, cache_file)
+    if hit is not None:
+        return hit
     # The real timer compiles each axis' candidates side by side first; a timer passed in (tests)
     # compiles nothing.
     prepare = None
@@ -292,6 +330,6 @@ def tune(spec, target: str, dtype: str = "f32", n_params: int = 1 << 22, *, cach
     reason = (f"not searched: {', '.join(idle)} (the {dtype} kernel runs the host's 8-lane vector loop here, "
               "which the knob does not reach)" if idle and not candidates else "")
     result = TuneResult(best, "tuned", key, timings, reason)
-    cache[key] = {"config": result.config.knobs(), "timings_ms": dict(timings)}
+    cache[key] = {"config": result.config.knobs(), "timings_ms": dict(timings), "reason": reason}
     _write_cache(cache_file, cache)
     return result

@@ -191,3 +191,33 @@ def test_apply_names_a_state_of_another_optimizer_before_any_work():
 def test_init_names_a_leaf_that_is_not_an_array():
     with pytest.raises(TypeError, match=r"param \['w'\] is a float, not an array"):
         adamgen.build(adamgen.AdamSpec(), "jax").init({"b": np.ones(2, np.float32), "w": 1.0})
+
+
+class _OtherDefault:
+    platform = "gpu"
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_cpu_target_state_lands_on_the_cpu_where_the_default_device_is_another(monkeypatch, packed):
+    """On a GPU host JAX's default device is the GPU, where a cpu target's kernels cannot read
+    the state: init and restore put it on the cpu instead (here the default is faked, as this
+    machine has no GPU). With the default on the cpu it stays uncommitted, free to follow
+    sharded params into a jit."""
+    from dataclasses import replace
+
+    from adamgen.backends.cpp import CAPABILITIES
+    from adamgen.backends.native import native_optimizer
+
+    opt = native_optimizer(adamgen.AdamSpec(amsgrad=True), "cpu", replace(CAPABILITIES["cpu"], packed_slots=packed))
+    params = jax.tree_util.tree_map(jnp.asarray, _tree())
+    plain = jax.tree_util.tree_leaves(opt.init(params))
+    assert plain and not any(x.committed for x in plain)
+    real = jax.devices
+    monkeypatch.setattr(jax, "devices", lambda backend=None: [_OtherDefault()] if backend is None else real(backend))
+    state = opt.init(params)
+    restored = opt.restore(opt.init(params), params)
+    monkeypatch.undo()
+    for leaves in (jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)):
+        assert leaves and all(x.committed and {d.platform for d in x.devices()} == {"cpu"} for x in leaves)
+    fresh = lambda: jax.tree_util.tree_map(jnp.asarray, _tree())  # noqa: E731  (apply donates its params)
+    _close(opt.apply(_grads(params, 0), state, fresh())[0], opt.apply(_grads(params, 0), opt.init(params), fresh())[0])

@@ -243,3 +243,58 @@ def test_a_float32_kernel_searches_unroll_even_where_the_host_has_vectors(tmp_pa
     calls = []
     T.tune(SPEC, "cpu", "f32", cache_file=tmp_path / "tune.json", timer=fake_timer(calls))
     assert {caps.unroll for caps in calls} == {1, 2, 4}
+
+
+def test_a_cache_hit_keeps_the_result_reason(tmp_path, monkeypatch):
+    """The second build's record says why a knob went unsearched, as the first did."""
+    monkeypatch.setattr(T.hostcpu, "host_vector_loop", lambda compiler: True)
+    cache = tmp_path / "tune.json"
+    first = T.tune(SPEC, "cpu", "f16", cache_file=cache, timer=fake_timer([]))
+    second = T.tune(SPEC, "cpu", "f16", cache_file=cache, timer=fake_timer([]))
+    assert second.status == "cached" and second.reason == first.reason and "unroll" in first.reason
+
+
+BAD_ENTRIES = {
+    "unknown knob": {"config": {"chunk_elemz": 5}},
+    "not an object": "fast",
+    "no config": {"timings_ms": {}},
+    "timings a list": {"config": {}, "timings_ms": [1.0]},
+    "negative chunk": {"config": {"chunk_elems": -1}},
+    "float knob": {"config": {"unroll": 2.5}},
+    "bool knob": {"config": {"unroll": True}},
+    "reason not text": {"config": {}, "reason": 3},
+}
+
+
+@pytest.mark.parametrize("entry", BAD_ENTRIES.values(), ids=BAD_ENTRIES.keys())
+def test_an_invalid_cache_entry_is_ignored_with_a_warning_and_retuned(tmp_path, entry):
+    cache = tmp_path / "tune.json"
+    key = T.tune(SPEC, "cpu", cache_file=cache, timer=fake_timer([])).key
+    cache.write_text(json.dumps({key: entry, "other": {"config": {}}}))
+    calls = []
+    with pytest.warns(UserWarning, match=f"invalid cache entry {key}"):
+        result = T.tune(SPEC, "cpu", cache_file=cache, timer=fake_timer(calls))
+    assert result.status == "tuned" and len(calls) == T.search_size("cpu")
+    written = json.loads(cache.read_text())
+    assert written[key]["config"] == result.config.knobs() and "other" in written
+
+
+def test_an_unwritable_cache_warns_and_still_returns_the_result(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cache = blocker / "tune.json"  # its folder is a file: neither mkdir nor the write can succeed
+    with pytest.warns(UserWarning, match="cannot write the cache"):
+        result = T.tune(SPEC, "cpu", cache_file=cache, timer=fake_timer([]))
+    assert result.status == "tuned"
+    assert result.config == T.TuneConfig(chunk_elems=16384, tensors_per_call=16, unroll=2, threads=0)
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_real_timing_puts_its_scratch_arrays_on_the_targets_device(monkeypatch):
+    """On a host whose default JAX device is a GPU, cpu tuning must still time cpu arrays."""
+    seen = []
+    real_put = jax.device_put
+    monkeypatch.setattr(T.jax, "device_put", lambda x, device=None: seen.append(device) or real_put(x, device))
+    T._time_candidate(SPEC, "cpu", "f32", CAPABILITIES["cpu"], [(2, 64)], 1)
+    scratch = seen[:4]  # 2 params and 2 grads, put before anything else
+    assert len(scratch) == 4 and all(d is not None and d.platform == "cpu" for d in scratch)

@@ -121,6 +121,11 @@ class NativeExecutor(JaxExecutor):
         self._jitted = step_jit(self._step, options)  # the unpacked path
         self._jitted_packed = step_jit(self._step_packed, options)
 
+    @property
+    def jax_platform(self) -> str:
+        """The JAX platform these kernels run on (where the optimizer puts a new state)."""
+        return JAX_PLATFORM_OF[self.caps.platform]
+
     def module(self, dtype: str) -> Module:
         module = super().module(dtype)
         if dtype not in self.kernels:
