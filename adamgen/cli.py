@@ -38,6 +38,17 @@ def _optional_float(text: str) -> float:
     return float(text)
 
 
+def _model_size(text: str) -> int:
+    """--params: a positive number of params."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int (a number of params), got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive int (a number of params), got {value}")
+    return value
+
+
 def _schedule(text: str):
     """A schedule as JSON (a Keras-serialized dict) or NAME:key=value,key=value."""
     from adamgen.schedules import schedule_from_config
@@ -58,7 +69,8 @@ def _parse_schedule(text: str, schedule_from_config):
         key, eq, value = item.partition("=")
         if not eq:
             raise argparse.ArgumentTypeError(f"--schedule argument {item!r} must be key=value")
-        config[key.strip()] = json.loads(value) if value.strip() not in ("True", "False") else value == "True"
+        value = value.strip()
+        config[key.strip()] = json.loads(value) if value not in ("True", "False") else value == "True"
     return schedule_from_config({"class_name": name.strip(), "config": config})
 
 
@@ -92,10 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print this stage to stdout instead of writing an artifact: spec, ir, ir-opt, kernels, "
                         "jax (jaxpr), cpp (host C++), cuda (CUDA C++)")
     b.add_argument("--tune", action="store_true", help="tune the native kernel knobs on this machine first (cached)")
+    b.add_argument("--params", type=_model_size, default=None,
+                   help="with --tune: representative model size (picks the size bucket; default 4194304)")
+    b.add_argument("--cache", type=Path, default=None, help="with --tune: tuning cache file (default: user cache dir)")
     t = sub.add_parser("tune", help="search the target's kernel knobs on this machine and cache the best")
     _add_spec_flags(t)
     t.add_argument("--dtype", choices=PARAM_DTYPES, default="f32", help="param dtype (default f32)")
-    t.add_argument("--params", type=int, default=1 << 22, help="representative model size (picks the size bucket)")
+    t.add_argument("--params", type=_model_size, default=1 << 22, help="representative model size (picks the size bucket)")
     t.add_argument("--cache", type=Path, default=None, help="tuning cache file (default: user cache dir)")
     rb = sub.add_parser("rebuild", help="build an artifact again with this adamgen (same spec, target, dtypes, knobs)")
     rb.add_argument("artifact", type=Path, help="the artifact directory")
@@ -129,7 +144,16 @@ def spec_from_args(args: argparse.Namespace):
 
     kwargs = {}
     if args.from_keras_config is not None:
-        base = AdamSpec.from_keras_config(json.loads(args.from_keras_config.read_text()))
+        try:
+            text = args.from_keras_config.read_text()
+        except OSError as exc:
+            raise ValueError(f"--from-keras-config: cannot read {str(args.from_keras_config)!r}: "
+                             f"{exc.strerror or exc}") from None
+        try:
+            config = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"--from-keras-config: {str(args.from_keras_config)!r} is not JSON ({exc})") from None
+        base = AdamSpec.from_keras_config(config)
         kwargs = dict(base.kwargs())
     for _, dest, _, _ in SPEC_FLAGS:
         if getattr(args, dest) is not None:
@@ -141,7 +165,7 @@ def spec_from_args(args: argparse.Namespace):
         kwargs["exclude_from_weight_decay"] = list(args.exclude_from_weight_decay)
     if args.schedule is not None:
         if args.learning_rate is not None:
-            raise SystemExit("adamgen: error: --schedule and --learning-rate are exclusive")
+            raise ValueError("--schedule and --learning-rate are exclusive: give one learning rate")
         kwargs["learning_rate"] = args.schedule
     return AdamSpec(**kwargs)
 
@@ -196,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "tune":
         return _tune(spec, args)
+    if not args.tune and (args.params is not None or args.cache is not None):
+        print("adamgen: error: --params and --cache choose what --tune tunes for; give --tune too", file=sys.stderr)
+        return 2
     dtypes = tuple(dict.fromkeys(args.dtype or ["f32"]))
     for dtype in dtypes:  # say now, not at the artifact's first init, that a dtype degenerates a hyper-parameter
         with warnings.catch_warnings():
@@ -222,13 +249,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_reported(out: Path, write: Callable[[], object],
                     bad_input: tuple[type[Exception], ...] = (ValueError,)) -> int:
-    """Run `write` (an artifact into `out`) and print its path: 0; bad input (`bad_input`) or a
-    write the OS refused, printed as an adamgen error: 2 or 1."""
+    """Run `write` (an artifact into `out`) and print its path: 0; bad input (`bad_input`), a
+    missing or failing compiler, or a write the OS refused, printed as an adamgen error: 2, 1, 1."""
+    from adamgen.toolchain import ToolchainError
+
     try:
         write()
     except bad_input as exc:
         print(f"adamgen: error: {exc}", file=sys.stderr)
         return 2
+    except ToolchainError as exc:
+        print(f"adamgen: error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"adamgen: error: cannot write the artifact to {str(out)!r}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -239,6 +271,9 @@ def _write_reported(out: Path, write: Callable[[], object],
 def _write(spec, args, out: Path, dtypes: tuple[str, ...]) -> None:
     if args.target == "jax":
         from adamgen.aot import write_artifact
+        if args.tune:
+            from adamgen.tune import tune
+            print(f"adamgen: note: --tune leaves the jax artifact as it is: {tune(spec, 'jax').reason}", file=sys.stderr)
         write_artifact(spec, "jax", out, dtypes)
         return
     from adamgen.backends.native_artifact import write_native_artifact
@@ -246,8 +281,12 @@ def _write(spec, args, out: Path, dtypes: tuple[str, ...]) -> None:
     caps, record = CAPABILITIES[args.target], None
     if args.tune:
         from adamgen.tune import tune
-        result = tune(spec, args.target, dtypes[0])
+        size = {} if args.params is None else {"n_params": args.params}
+        result = tune(spec, args.target, dtypes[0], cache_file=args.cache, **size)
         caps, record = result.config.apply(caps), result.record()
+        if len(dtypes) > 1:  # one set of knobs serves the artifact's kernels of every dtype
+            record["reason"] = " ".join(filter(None, [record["reason"], f"tuned for {dtypes[0]} (the first --dtype); "
+                                                      f"the {', '.join(dtypes[1:])} kernels use the same knobs"]))
     write_native_artifact(spec, args.target, out, dtypes, caps=caps, tune_record=record)
 
 
@@ -273,7 +312,13 @@ def _bench(bench_args: list[str]) -> int:
 def _tune(spec, args: argparse.Namespace) -> int:
     from adamgen.tune import tune
 
-    result = tune(spec, args.target, args.dtype, args.params, cache_file=args.cache)
+    from adamgen.toolchain import ToolchainError
+
+    try:
+        result = tune(spec, args.target, args.dtype, args.params, cache_file=args.cache)
+    except ToolchainError as exc:
+        print(f"adamgen: error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(result.record(), indent=2))
     return 0
 
