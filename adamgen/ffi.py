@@ -348,7 +348,7 @@ def reduce_chunks(ctx: KernelContext, shapes: Sequence[Sequence[int]]) -> int:
 
 def call_reduce(kernel: Kernel, scalars: jax.Array, inputs: Sequence[Sequence[jax.Array]],
                 pertensor: jax.Array | None = None) -> jax.Array:
-    """One reduction call over every tensor; returns f32[T, n_reduce] per-tensor sums.
+    """One reduction call over the T tensors of `inputs`; returns f32[T, n_reduce] per-tensor sums.
 
     The call's second output, f32[n_chunks * n_reduce], holds each chunk's partial sums; the
     kernels add them per tensor in chunk order, so a sum never depends on which thread or block

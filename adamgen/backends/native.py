@@ -3,8 +3,10 @@
 The scalar kernels (step, learning rate, bias corrections, clip factors) run as tiny JAX math
 inside the same jit, so every step-dependent value reaches the kernel from device memory: one
 build serves every step and the call is CUDA-graph safe. Norm clipping adds one native
-reduction kernel (per-tensor sums of squares). The kernels are rendered from the fused IR (backends/cpp.py), laid out by the Jinja
-templates, compiled ahead of time (toolchain.py) and registered with XLA (ffi.py).
+reduction kernel (per-tensor sums of squares). Each kernel is called once per group of up to
+caps.tensors_per_call tensors. The kernels are rendered from the fused IR (backends/cpp.py),
+laid out by the Jinja templates, compiled ahead of time (toolchain.py) and registered with XLA
+(ffi.py).
 """
 from __future__ import annotations
 
