@@ -17,8 +17,15 @@ export PYTHONUNBUFFERED=1 KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false 
   PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 { nvidia-smi; nvcc --version; python3 -c "import jax; print('jax', jax.__version__, jax.devices())"; } \
   2>&1 | tee "$out/env.log"
+# Without JAX's CUDA plugin every GPU test would skip and the bench find no GPU: stop here instead.
+if ! python3 -c "import jax, sys; sys.exit(not any(d.platform == 'gpu' for d in jax.devices()))"; then
+  echo "JAX sees no GPU: install its CUDA plugin (pip install -e '.[gpu]', i.e. jax[cuda13]) and run again" \
+    | tee -a "$out/env.log" >&2
+  exit 3
+fi
 if [ "$stage" = tests ] || [ "$stage" = all ]; then
-  python3 -m pytest -q -rs tests/test_native.py tests/test_ffi_plumbing.py -k "gpu" 2>&1 | tee "$out/gpu_tests.log"
+  # every test marked gpu (pyproject's marker), wherever it lives
+  python3 -m pytest -q -rs -m gpu tests 2>&1 | tee "$out/gpu_tests.log"
 fi
 if [ "$stage" = bench ] || [ "$stage" = all ]; then
   python3 bench/bench_gpu.py --out "$out/gpu_bench.md" "$@" 2>&1 | tee "$out/gpu_bench.log"

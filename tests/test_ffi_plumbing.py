@@ -190,6 +190,7 @@ def test_export_roundtrip_in_fresh_process(kernel, tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu
 @pytest.mark.skipif(not any(d.platform == "gpu" for d in jax.devices()),
                     reason="needs an NVIDIA GPU; runs on a lent H100/H200")
 def test_cuda_kernel_on_gpu():

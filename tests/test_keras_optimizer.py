@@ -138,6 +138,7 @@ def test_cuda_target_without_a_gpu_says_so_at_construction():
         Adam(target="cuda")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU visible to JAX (runs where the device tool lends one)")
 def test_cuda_target_model_fit_trains_as_keras_adam_does():
     test_model_fit_trains_as_keras_adam_does("cuda")

@@ -258,6 +258,7 @@ def test_rendered_cuda_compiles_without_spills(kernel_name, name, tensors_per_ca
     assert toolchain.compile_cuda(native.source).is_file()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU; runs on a lent H100/H200 (device tool)")
 @pytest.mark.parametrize("name", list(SPECS))
 def test_cuda_target_matches_oracle_on_gpu(name):
@@ -285,6 +286,7 @@ def _cuda_steps_match_oracle(spec, params: list, steps: int, rng, check_state=No
         np.testing.assert_allclose(np.asarray(a), b, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU; runs on a lent H100/H200 (device tool)")
 def test_cuda_target_many_odd_sized_tensors_on_gpu():
     """600 tensors of odd sizes: several custom calls and packed slabs with padding on the device."""
@@ -296,6 +298,7 @@ def test_cuda_target_many_odd_sized_tensors_on_gpu():
     _cuda_steps_match_oracle(adamgen.AdamSpec(**SPECS["full"]), params, 4, rng, several_slabs)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU; runs on a lent H100/H200 (device tool)")
 @pytest.mark.parametrize("knobs", [{"unroll": 4, "blocks_per_sm": 4}, {"vector_bytes": 8, "unroll": 2},
                                    {"block_threads": 512, "chunk_elems": 16384, "blocks_per_sm": 16}], ids=str)

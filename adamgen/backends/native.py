@@ -1,4 +1,4 @@
-"""Native targets (`cpu`, `cuda`): the fused elementwise kernel as one multi-tensor XLA FFI call.
+"""Native targets (`cpu`, `cuda`): the fused elementwise kernel as multi-tensor XLA FFI calls.
 
 The scalar kernels (step, learning rate, bias corrections, clip factors) run as tiny JAX math
 inside the same jit, so every step-dependent value reaches the kernel from device memory: one
@@ -93,7 +93,8 @@ def render_source(spec, module: Module, target: str) -> str:
 def check_platform(target: str) -> None:
     if target == "cuda" and not any(d.platform == "gpu" for d in jax.devices()):
         raise RuntimeError("the cuda target runs on an NVIDIA GPU visible to JAX, and none is here "
-                           f"(jax.devices() = {jax.devices()}); build artifacts anyway with "
+                           f"(jax.devices() = {jax.devices()}; on a GPU machine JAX needs its CUDA plugin: "
+                           "pip install 'adamgen[gpu]', i.e. jax[cuda13]); build artifacts anyway with "
                            "`adamgen build --target cuda`, or use target='cpu'")
 
 
