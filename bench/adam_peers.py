@@ -31,6 +31,14 @@ OWNED = {"plain": 3, "full": 5}
 IN_JIT_STEPS = 10
 
 
+def in_jit_steps(n_tensors: int) -> int:
+    """Steps one in-jit call runs for a tree of `n_tensors`: JAX's call boundary (several µs an
+    array, ~3 arrays a tensor: 10-15 ms for 1000 tensors on a 2-core CPU) is the train step's,
+    paid once a call, so a call runs enough steps to leave about 0.1 ms of it in each: 10 for up
+    to 100 tensors, then one more per 10 tensors (100 for 1000)."""
+    return max(IN_JIT_STEPS, min(100, n_tensors // 10))
+
+
 def in_jit(step, k: int = IN_JIT_STEPS):
     """jit(run(p, s, g)) running `step(p, s, g) -> (p, s)` k times in one lax.fori_loop, with p
     and s donated: the optimizer inside the caller's jitted train step, where JAX's call
@@ -145,10 +153,17 @@ class CFloor(Peer):
         floor_lib()
         self.wl.flat_grads_np()
 
+    def __init__(self, wl: Workload, variant: str) -> None:
+        super().__init__(wl, variant)
+        # as many steps a timed call as the in-jit candidates run (their threads stay warm
+        # between steps the same way; one step a call reads the OpenMP wake-up in every sample)
+        self.steps_per_call = in_jit_steps(wl.n_tensors)
+
     def init(self) -> None:
         lib = floor_lib()
         self.note = ("bench/floor.c, OpenMP, 28 B/param" if self.variant == "plain"
                      else "bench/floor_variants.c: norm pass + update pass, 48 B/param")
+        self.note += f"; {self.steps_per_call} steps a timed call"
         n = self.wl.n_params
         self.g = self.wl.flat_grads_np()
         self.p = np.concatenate([p.ravel() for p in self.wl.params])
@@ -159,11 +174,12 @@ class CFloor(Peer):
 
     def step(self) -> None:
         lib, n = floor_lib(), self.wl.n_params
-        if self.variant == "plain":
-            self.fn(*self.ptrs, n, LR)
-        else:
-            norm = float(np.sqrt(lib.sum_squares(self.ptrs[1], n)))
-            lib.full_adam_step(*self.ptrs, n, LR, LR * 0.01, min(1.0, 1.0 / max(norm, 1e-12)))
+        for _ in range(self.steps_per_call):
+            if self.variant == "plain":
+                self.fn(*self.ptrs, n, LR)
+            else:
+                norm = float(np.sqrt(lib.sum_squares(self.ptrs[1], n)))
+                lib.full_adam_step(*self.ptrs, n, LR, LR * 0.01, min(1.0, 1.0 / max(norm, 1e-12)))
 
 
 # -- adamgen ----------------------------------------------------------------------------------------
@@ -214,16 +230,15 @@ class Adamgen(Peer):
 class AdamgenInJit(Adamgen):
     """adamgen's `apply` traced into the caller's jit (IN_JIT_STEPS steps a call, see in_jit)."""
 
-    steps_per_call = IN_JIT_STEPS
-
     def __init__(self, wl: Workload, variant: str, target: str) -> None:
         super().__init__(wl, variant, target, flat=False)
         self.layout = "jit"
-        self.note = f"{IN_JIT_STEPS} steps in one caller's jit (lax.fori_loop), time / {IN_JIT_STEPS}"
+        self.steps_per_call = k = in_jit_steps(wl.n_tensors)
+        self.note = f"{k} steps in one caller's jit (lax.fori_loop), time / {k}"
 
     def init(self) -> None:
         super().init()
-        self.fn = adamgen_in_jit(self.opt)
+        self.fn = adamgen_in_jit(self.opt, self.steps_per_call)
 
     def step(self) -> None:
         self.p, self.st = jax.block_until_ready(self.fn(self.p, self.st, self.g))
@@ -292,12 +307,17 @@ class Optax(Peer):
 class OptaxInJit(Optax):
     """optax's step inside the caller's jit, as AdamgenInJit runs adamgen's."""
 
-    layout, steps_per_call = "jit", IN_JIT_STEPS
+    layout = "jit"
+
+    def __init__(self, wl: Workload, variant: str) -> None:
+        super().__init__(wl, variant)
+        self.steps_per_call = in_jit_steps(wl.n_tensors)
 
     def init(self) -> None:
         super().init()
-        self.note += f"; {IN_JIT_STEPS} steps in one caller's jit (lax.fori_loop), time / {IN_JIT_STEPS}"
-        self.fn = optax_in_jit(optax_transform(self.variant)[0])
+        k = self.steps_per_call
+        self.note += f"; {k} steps in one caller's jit (lax.fori_loop), time / {k}"
+        self.fn = optax_in_jit(optax_transform(self.variant)[0], k)
 
     def step(self) -> None:
         self.p, (self.s, self.avg) = jax.block_until_ready(self.fn(self.p, (self.s, self.avg), self.g))

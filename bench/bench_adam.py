@@ -320,9 +320,11 @@ and writes p, m, v, v_hat, avg: 44). A candidate that moves more than that (XLA'
 torch's clip writing g back) shows it as lower GB/s. % of floor = C floor median (same variant, same
 group, timed interleaved) / candidate median. init = build + state creation (+ ravel for flat);
 first step = first apply including jit compile (torch creates its state there; layout jit: the
-first call, compile included, of the jit that runs {IN_JIT_STEPS} steps). Layout jit = the tree, the step traced
-into the caller's jitted train step (lax.fori_loop of {IN_JIT_STEPS} steps a call, time / {IN_JIT_STEPS}): JAX's call boundary,
-a few microseconds per array, is then the train step's and paid once per call. Eager constructor
+first call, compile included, of the jit that runs K steps; the C floor: its first call of K steps,
+as it too runs K steps a timed call, its threads kept as warm as the jit's). Layout jit = the tree, the step traced
+into the caller's jitted train step (lax.fori_loop of K steps a call, time / K; K = {IN_JIT_STEPS} up to
+100 tensors, tensors / 10 up to 100, see the note): JAX's call boundary, a few microseconds per
+array, is then the train step's and paid once per call. Eager constructor
 compiles (jnp.zeros per shape) are cached across candidates in one process, so the first jax
 candidate of a workload pays them. Medians of round-robin repeats, shuffled each round; the machine
 is shared and noisy (see the busy-cores line): compare ratios within one run. peak MiB = memory a
@@ -382,6 +384,13 @@ class Report:
         print(text, flush=True)
         with self.out.open("a") as fh:
             fh.write(text)
+        try:
+            from plot import plot_all
+        except ImportError as exc:
+            log(f"plots skipped: {exc.name} is not installed (pip install -e '.[bench]'); "
+                f"later: python bench/plot.py {self.json_path}")
+            return
+        log("wrote " + " and ".join(map(str, plot_all(self.raw, self.out.parent))))
 
 
 def main() -> None:

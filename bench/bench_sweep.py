@@ -96,6 +96,11 @@ def main() -> None:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     (BENCH / "results").mkdir(exist_ok=True)
     (BENCH / "results" / f"sweep-{stamp}.json").write_text(json.dumps({"date": stamp, "rows": rows}, indent=1))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("plot skipped: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        return
     plot(rows, BENCH / "plot_sweep.png")
 
 

@@ -1,10 +1,10 @@
 """Plots of a bench/bench_adam.py run: `python bench/plot.py bench/results/<run>.json`.
 
-Writes, next to RESULTS.md:
+Writes, next to RESULTS.md (bench_adam.py draws them itself at the end of a run, next to its --out):
   bench/plot_time.png       ms/step per workload and candidate (log scale), plain and full
   bench/plot_bandwidth.png  achieved GB/s per candidate and workload, the C floor drawn as a bar
 One colour per candidate in both.
-matplotlib is a plotting-only dependency (`pip install matplotlib`), not the project's.
+matplotlib is a plotting-only dependency (the `bench` extra: `pip install -e '.[bench]'`).
 """
 from __future__ import annotations
 
@@ -110,11 +110,16 @@ def plot_bandwidth(run: dict, out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def plot_all(run: dict, folder: Path) -> list[Path]:
+    """Both plots of `run` into `folder` (bench_adam.py: next to its --out)."""
+    paths = [folder / "plot_time.png", folder / "plot_bandwidth.png"]
+    plot_time(run, paths[0])
+    plot_bandwidth(run, paths[1])
+    return paths
+
+
 def main(path: str) -> None:
-    run = json.loads(Path(path).read_text())
-    plot_time(run, BENCH / "plot_time.png")
-    plot_bandwidth(run, BENCH / "plot_bandwidth.png")
-    print(BENCH / "plot_time.png", BENCH / "plot_bandwidth.png")
+    print(*plot_all(json.loads(Path(path).read_text()), BENCH))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import adamgen
 from adamgen import ffi, toolchain
@@ -28,6 +30,7 @@ from adamgen.backends.cpp import CUDA, HOST
 from adamgen.backends.native import kernel_for, one_element_conditions
 from adamgen.compiler import compile_spec
 from adamgen.ir.interp import run_function
+from tests.strategies import configs
 from tests.test_native import SPECS, _bits, _inputs, _role_arrays, _unpack
 
 EMU_INCLUDE = Path(__file__).resolve().parent / "cuda_emu"
@@ -79,7 +82,18 @@ def test_cuda_update_kernel_bit_exact_against_interpreter(name, dtype, layout):
     """Bit for bit the interpreter's numbers, with 2 tensors per launch (so a call is 4 launches)
     and at most 3 blocks per launch (so blocks stride over chunks). "packed-unaligned" packs the
     slabs with no padding, so most tensors start off a 16-byte boundary: the scalar path."""
-    spec = adamgen.AdamSpec(**SPECS[name])
+    _check_update_kernel(adamgen.AdamSpec(**SPECS[name]), dtype, layout, sum(map(ord, name + dtype + layout)))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=configs(), layout=st.sampled_from(["per-tensor", "packed", "packed-unaligned"]))
+def test_cuda_update_kernel_bit_exact_on_random_configs(config, layout):
+    """Random Keras configurations (every option, schedules, clipping kinds, dtypes, weight-decay
+    exclusions through the random per-tensor decay mask) through the emulated CUDA kernel."""
+    _check_update_kernel(adamgen.AdamSpec(**config["kw"]), config["dtype"], layout, config["seed"])
+
+
+def _check_update_kernel(spec, dtype: str, layout: str, seed: int) -> None:
     module = compile_spec(spec, dtype).kernels
     fn = module.function("update")
     native = kernel_for(module, dtype, replace(CUDA, packed_slots=layout != "per-tensor", **EMU))
@@ -88,7 +102,7 @@ def test_cuda_update_kernel_bit_exact_against_interpreter(name, dtype, layout):
     ctx = replace(native.ctx, launch_param_bytes=ffi.launch_param_bytes(len(r.roles), 2), max_grid=3,
                   slab_align_bytes=align)
     kernel = emulated(ctx)
-    rng = np.random.default_rng(sum(map(ord, name + dtype + layout)))
+    rng = np.random.default_rng(seed)
     inputs = _inputs(fn, dtype, rng, SHAPES, module=module)
     want = run_function(fn, inputs, len(SHAPES))
     args = [_role_arrays(role, inputs[role.name], align) for role in r.roles]
