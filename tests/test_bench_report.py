@@ -31,3 +31,18 @@ def test_the_plots_are_drawn_next_to_the_report(tmp_path):
     paths = plot_all(json.loads(RUN.read_text()), tmp_path)
     assert [p.name for p in paths] == ["plot_time.png", "plot_bandwidth.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in paths)
+
+
+def test_the_gpu_benchmark_runs_its_whole_harness_on_the_host(tmp_path):
+    """bench/bench_gpu.py is what a lent GPU's few minutes go to: its dry run on the cpu target
+    (every workload and variant, sizes / 1000, one round) must get through the oracle check and
+    write a row per adamgen candidate, so a broken script is found here and not on the device."""
+    import subprocess
+
+    out = tmp_path / "gpu.md"
+    res = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--target", "cpu", "--scale", "1000",
+                          "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = out.read_text()
+    assert report.count("adamgen vs oracle rel err") == 4  # 2 workloads x plain, full
+    assert report.count("| adamgen cpu, in caller's jit") == 4
