@@ -108,6 +108,7 @@ class KernelContext:
     # host: the loop over a tensor of more than one element runs body_many on vectors where the
     # CPU has them (templates/host/vector.h); the body must be cpp.vector_capable
     vector_body: bool = False
+    hw_half: int = 0                   # CUDA: 1 = half conversions by cvt instructions (cpp.Capabilities)
 
 
 # CUDA 12.1+ passes up to 32764 bytes of kernel arguments on Volta and newer (the SASS targets
@@ -138,6 +139,8 @@ def _check_positive(ctx: KernelContext) -> None:
         value = getattr(ctx, name)
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if ctx.hw_half not in (0, 1) or isinstance(ctx.hw_half, bool):
+        raise ValueError(f"hw_half must be 0 or 1, got {ctx.hw_half!r}")
     if not isinstance(ctx.max_threads, int) or ctx.max_threads < 0:
         raise ValueError(f"max_threads must be a non-negative int (0: all pool threads), got {ctx.max_threads!r}")
     if not isinstance(ctx.blocks_per_sm, int) or ctx.blocks_per_sm < 0:
@@ -208,6 +211,8 @@ def render(ctx: KernelContext, platform: str) -> str:
         # every chunk of a tensor then starts on a vector boundary (the host loop has no vectors)
         raise ValueError(f"chunk_elems must be a multiple of the CUDA vector's {ctx.vec_elems} elements "
                          f"({ctx.symbol}), got {ctx.chunk_elems}")
+    if platform == "cpu" and ctx.hw_half:
+        raise ValueError(f"hw_half: the host flavour rounds halves in the bit-level form only ({ctx.symbol})")
     table = REDUCE_TEMPLATES if ctx.n_reduce else TEMPLATES
     values = {**asdict(ctx), "vector_body": "true" if ctx.vector_body else "false"}
     return ENV.get_template(table[platform]).render(**values, loop_pragma=loop_pragma(ctx.unroll),

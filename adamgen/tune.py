@@ -40,6 +40,7 @@ class TuneConfig:
     unroll: int | None = None
     vector_bytes: int | None = None
     blocks_per_sm: int | None = None
+    hw_half: int | None = None
 
     def knobs(self) -> dict[str, int]:
         """The knobs this config sets (what the manifest and the cache record)."""
@@ -59,10 +60,12 @@ SEARCH: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
     "cpu": (("chunk_elems", (65536, 16384, 262144)), ("tensors_per_call", (32, 16, 64)),
             ("unroll", (1, 2, 4)), ("threads", (0, 1))),
     # cuda: chunk size, threads per block, vector width, elements per thread (vectors in flight
-    # per thread), grid size (a block per chunk, or a persistent grid of k blocks per SM).
+    # per thread), grid size (a block per chunk, or a persistent grid of k blocks per SM), tensors
+    # per call, and for half-precision params the conversions (bit-level form or cvt instructions;
+    # a float32 kernel builds the same kernel both ways, so that costs it no timing).
     "cuda": (("chunk_elems", (65536, 16384, 262144)), ("block_threads", (256, 128, 512)),
              ("vector_bytes", (16, 8)), ("unroll", (1, 2, 4)), ("blocks_per_sm", (0, 4, 16)),
-             ("tensors_per_call", (256, 64, 512))),
+             ("tensors_per_call", (256, 64, 512)), ("hw_half", (0, 1))),
 }
 # Representative workloads: (number of tensors, elements each).
 WORKLOADS = {"small": [(64, 4096)], "large": [(1, 1 << 21), (128, 16384)]}

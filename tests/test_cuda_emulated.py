@@ -31,6 +31,7 @@ from adamgen.backends.native import kernel_for, one_element_conditions
 from adamgen.compiler import compile_spec
 from adamgen.ir.interp import run_function
 from tests.strategies import configs
+from tests.test_toolchain import HAS_NVCC
 from tests.test_native import SPECS, _bits, _inputs, _role_arrays, _unpack
 
 EMU_INCLUDE = Path(__file__).resolve().parent / "cuda_emu"
@@ -40,6 +41,21 @@ SHAPES = [(7,), (1,), (300,), (5, 6), (1000,), (130,), (64,)]
 EMU = dict(chunk_elems=64, block_threads=32)
 REWRITES = ((".Ctx<xla::ffi::PlatformStream<cudaStream_t>>()", ""),
             ("impl(cudaStream_t stream, ", "impl("))
+
+
+def cuda_include_dir() -> Path | None:
+    """Where cuda_fp16.h is (hw_half kernels include it; in host code it converts in software, to
+    the same round-to-nearest-even bits): CUDA_HOME, the toolkit of nvcc, the PyPI runtime wheel."""
+    import os
+    import sysconfig
+
+    roots = [Path(os.environ[k]) / "include" for k in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(k)]
+    if HAS_NVCC:
+        nvcc = toolchain.find_cuda_compiler().path.resolve()
+        roots.append(nvcc.parent.parent / "include")
+    roots += [Path(sysconfig.get_paths()["purelib"]) / "nvidia" / sub / "include" for sub in ("cu13", "cuda_runtime")]
+    roots.append(Path("/usr/local/cuda/include"))
+    return next((r for r in roots if (r / "cuda_fp16.h").is_file()), None)
 
 
 def emulated(ctx: ffi.KernelContext, edit: Callable[[str], str] = lambda src: src) -> ffi.Kernel:
@@ -59,7 +75,14 @@ def emulated(ctx: ffi.KernelContext, edit: Callable[[str], str] = lambda src: sr
     source = f"// emulated with cuda_runtime.h {header}\n{source}"
     source, launches = re.subn(r"(\w+)<<<([^;]*?)>>>\(([^;]*)\);", r"adamgen_emu_launch(\1, \2, \3);", source)
     assert launches == 1, "the CUDA template changed: expected one <<<...>>> launch"
-    lib = toolchain.compile_host(source, ("-std=c++20", "-O1", f"-I{EMU_INCLUDE}", "-Wno-unknown-pragmas"))
+    flags = ["-std=c++20", "-O1", f"-I{EMU_INCLUDE}", "-Wno-unknown-pragmas"]
+    if ctx.hw_half:
+        include = cuda_include_dir()
+        if include is None:
+            pytest.skip("hw_half kernels include cuda_fp16.h: no CUDA headers here (the test extra's "
+                        "nvidia-cuda-nvcc and nvidia-cuda-cccl wheels bring them, so CI runs this)")
+        flags += [f"-I{include}", "-DADAMGEN_EMU_CUDA_HEADERS"]
+    lib = toolchain.compile_host(source, tuple(flags))
     name = ffi.target_name(ctx, source, "cpu")
     ffi.register(lib, ctx.symbol, name, "cpu")
     return ffi.Kernel(ctx, "cpu", name, lib, source)
@@ -93,10 +116,19 @@ def test_cuda_update_kernel_bit_exact_on_random_configs(config, layout):
     _check_update_kernel(adamgen.AdamSpec(**config["kw"]), config["dtype"], layout, config["seed"])
 
 
-def _check_update_kernel(spec, dtype: str, layout: str, seed: int) -> None:
+@pytest.mark.parametrize("dtype", ["f16", "bf16", "f16_f32norm", "bf16_f32norm"])
+@pytest.mark.parametrize("name", ["plain", "full", "clipvalue"])
+def test_cuda_hardware_half_conversions_bit_exact_against_interpreter(name, dtype):
+    """hw_half=1: the half loads, stores and per-op roundings by cuda_fp16.h / cuda_bf16.h (here in
+    their host form), the interpreter's bits as the bit-level form gives them."""
+    _check_update_kernel(adamgen.AdamSpec(**SPECS[name]), dtype, "packed", sum(map(ord, name + dtype)), hw_half=1)
+
+
+def _check_update_kernel(spec, dtype: str, layout: str, seed: int, **knobs) -> None:
     module = compile_spec(spec, dtype).kernels
     fn = module.function("update")
-    native = kernel_for(module, dtype, replace(CUDA, packed_slots=layout != "per-tensor", **EMU))
+    native = kernel_for(module, dtype, replace(CUDA, packed_slots=layout != "per-tensor", **EMU, **knobs))
+    assert native.ctx.hw_half == knobs.get("hw_half", 0)
     r = native.rendered
     align = 4 if layout == "packed-unaligned" else native.ctx.slab_align_bytes
     ctx = replace(native.ctx, launch_param_bytes=ffi.launch_param_bytes(len(r.roles), 2), max_grid=3,

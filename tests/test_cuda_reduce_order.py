@@ -67,12 +67,13 @@ def element_values(fn, inputs: dict, shapes) -> dict[str, list[np.ndarray]]:
             for name, _ in fn.outputs}
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
-@pytest.mark.parametrize("name", ["full", "clipnorm"])
-def test_the_cuda_reduction_adds_in_its_documented_order(name, dtype):
+@pytest.mark.parametrize("name, dtype, hw_half", [(n, d, 0) for n in ("full", "clipnorm") for d in ("f32", "f16", "bf16")]
+                         + [("full", "f16", 1), ("full", "bf16", 1)])
+def test_the_cuda_reduction_adds_in_its_documented_order(name, dtype, hw_half):
     module = compile_spec(adamgen.AdamSpec(**SPECS[name]), dtype).kernels
     fn = module.function("reduce1")
-    native = kernel_for(module, dtype, replace(CUDA, **EMU), "reduce1")
+    native = kernel_for(module, dtype, replace(CUDA, hw_half=hw_half, **EMU), "reduce1")
+    assert native.ctx.hw_half == hw_half
     r = native.rendered
     kernel = emulated(replace(native.ctx, launch_param_bytes=ffi.launch_param_bytes(len(r.roles), 3), max_grid=2))
     inputs = _inputs(fn, dtype, np.random.default_rng(sum(map(ord, name + dtype))), SHAPES, module=module)

@@ -239,7 +239,9 @@ def test_host_reduce_kernel_against_interpreter(name, dtype):
     ("update", "full", 5000, {}),  # the launch table at CUDA's kernel-argument limit
     # the tuner's largest unroll with a persistent grid, and with 512 threads (unroll lowered to fit)
     ("update", "full", None, {"unroll": 4, "blocks_per_sm": 4}),
-    ("update", "full", None, {"unroll": 4, "block_threads": 512, "dtype": "bf16"})])
+    ("update", "full", None, {"unroll": 4, "block_threads": 512, "dtype": "bf16"}),
+    # half conversions by cvt instructions (cuda_fp16.h / cuda_bf16.h)
+    ("update", "full", None, {"hw_half": 1, "dtype": "f16"}), ("reduce1", "full", None, {"hw_half": 1, "dtype": "bf16"})])
 def test_rendered_cuda_compiles_without_spills(kernel_name, name, tensors_per_call, knobs):
     """nvcc builds SASS for sm_80 and sm_90 plus PTX; ptxas reports no spills."""
     spec = adamgen.AdamSpec(**SPECS[name])
@@ -307,6 +309,31 @@ def test_cuda_tuning_knobs_match_oracle_on_gpu(knobs):
     rng = np.random.default_rng(5)
     params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES + [(70001,), (300_000,)]]
     _cuda_steps_match_oracle(adamgen.AdamSpec(**SPECS["full"]), params, 3, rng, caps=replace(CUDA, **knobs))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU; runs on a lent H100/H200 (device tool)")
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+def test_cuda_hardware_half_conversions_give_the_bit_level_forms_bits_on_gpu(dtype):
+    """hw_half=1 (cvt instructions) and the bit-level form: the same params and slots to the bit
+    on the device, under the full variant (norm, AMSGrad, EMA, accumulation, loss scale)."""
+    from adamgen.backends.native import native_optimizer
+
+    dtype = np.dtype(jnp.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    spec = adamgen.AdamSpec(**SPECS["full"])
+    rng = np.random.default_rng(6)
+    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES + [(70001,)]]
+    grads = [[(rng.standard_normal(x.shape) * 0.3).astype(dtype) for x in params] for _ in range(4)]
+    results = []
+    for hw in (0, 1):
+        opt = native_optimizer(spec, "cuda", replace(CUDA, hw_half=hw))
+        p = [jnp.asarray(x) for x in params]
+        s = opt.init(p)
+        for g in grads:
+            p, s = opt.apply([jnp.asarray(x) for x in g], s, p)
+        results.append([np.asarray(x) for x in p] + [np.asarray(x) for x in jax.tree_util.tree_leaves(s.unpacked())])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
 
 
 def test_cuda_target_without_a_gpu_says_so():

@@ -144,9 +144,9 @@ def test_cuda_search_covers_the_kernel_knobs_and_every_candidate_renders():
 
     knobs = [knob for knob, _ in T.SEARCH["cuda"]]
     assert set(knobs) == {"chunk_elems", "block_threads", "vector_bytes", "unroll", "blocks_per_sm",
-                          "tensors_per_call"}
+                          "tensors_per_call", "hw_half"}
     assert set(knobs) <= set(TUNABLE)  # recorded in the manifest, restored by load
-    assert T.search_size("cuda") == 12
+    assert T.search_size("cuda") == 13
     caps = CAPABILITIES["cuda"]
     for knob, values in T.SEARCH["cuda"]:
         assert values[0] == getattr(caps, knob), f"{knob}: the search starts from the default"
@@ -176,10 +176,29 @@ def test_cuda_unroll_is_lowered_to_the_register_budget():
 
 
 @pytest.mark.parametrize("field, value", [("vector_bytes", 12), ("unroll", 0), ("blocks_per_sm", -1),
-                                          ("chunk_elems", 1.5), ("block_threads", 96), ("block_threads", 2048)])
+                                          ("chunk_elems", 1.5), ("block_threads", 96), ("block_threads", 2048),
+                                          ("hw_half", 2), ("hw_half", True)])
 def test_capabilities_refuse_bad_knobs_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         replace(CAPABILITIES["cuda"], **{field: value})
+
+
+def test_hardware_half_conversions_are_cuda_only_and_only_change_half_kernels():
+    """hw_half is a cuda knob (the host has its own vector conversions); a float32 kernel is the
+    same kernel either way, so the tuner times it once."""
+    from adamgen.backends.native import kernel_for
+    from adamgen.compiler import compile_spec
+
+    with pytest.raises(ValueError, match="hw_half: only the cuda platform"):
+        replace(CAPABILITIES["cpu"], hw_half=1)
+    hw = replace(CAPABILITIES["cuda"], hw_half=1)
+    assert hw.effective(4) == CAPABILITIES["cuda"].effective(4) and hw.effective(2) != CAPABILITIES["cuda"].effective(2)
+    spec = adamgen.AdamSpec(amsgrad=True)
+    for dtype, changes in (("f32", False), ("f16", True), ("bf16", True)):
+        module = compile_spec(spec, dtype).kernels
+        bits, cvt = (kernel_for(module, dtype, caps).source for caps in (CAPABILITIES["cuda"], hw))
+        assert (bits != cvt) is changes, dtype
+        assert ("#define ADAMGEN_HW_HALF 1" in cvt) is changes
 
 
 class _Terminal:

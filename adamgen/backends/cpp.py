@@ -54,6 +54,10 @@ class Capabilities:
     # F16C, where the compiling CPU has them; templates/host/vector.h): float16 rounds each op in
     # two instructions there instead of the ~12 integer ops the autovectorized body needs.
     vector_dtypes: tuple[str, ...] = ()
+    # CUDA: 1 = float16/bfloat16 conversions and per-op roundings by the GPU's cvt instructions
+    # (cuda_fp16.h, cuda_bf16.h: round to nearest even, as the bit-level form, which is ~10 integer
+    # ops a rounding, 13 roundings a param); 0 = the bit-level form host and device share
+    hw_half: int = 0
 
     def __post_init__(self) -> None:
         if self.vector_bytes not in VECTOR_BYTES:
@@ -72,6 +76,10 @@ class Capabilities:
         unknown = set(self.vector_dtypes) - set(FLOAT_TYPES)
         if unknown:
             raise ValueError(f"vector_dtypes: {sorted(unknown)} are not float types; allowed: {FLOAT_TYPES}")
+        if self.hw_half not in (0, 1) or isinstance(self.hw_half, bool):
+            raise ValueError(f"hw_half must be 0 or 1, got {self.hw_half!r}")
+        if self.hw_half and self.platform != "cuda":
+            raise ValueError(f"hw_half: only the cuda platform converts halves in hardware, got platform {self.platform!r}")
         for name in ("threads", "blocks_per_sm", "inflight_elems"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -91,8 +99,9 @@ class Capabilities:
 
     def effective(self, itemsize: int) -> "Capabilities":
         """The capabilities a kernel over `itemsize`-byte elements is built with (the unroll
-        lowered to fit): two configs with the same effective capabilities build the same kernel."""
-        return replace(self, unroll=self.unroll_for(itemsize))
+        lowered to fit; hw_half only where there are halves to convert): two configs with the
+        same effective capabilities build the same kernel."""
+        return replace(self, unroll=self.unroll_for(itemsize), hw_half=self.hw_half if itemsize == 2 else 0)
 
     def record(self) -> dict:
         """Every knob but the platform, as JSON values (an artifact's manifest records them all:

@@ -30,7 +30,7 @@ from adamgen.state import SLOT_TO_FIELD, Packed, PackedLayout
 JAX_PLATFORM_OF = {"cpu": "cpu", "cuda": "gpu"}  # a native target's platform -> jax Device.platform
 # The Capabilities fields a tuner may set; the artifact manifest records each of them.
 TUNABLE = ("chunk_elems", "tensors_per_call", "block_threads", "threads", "unroll", "vector_bytes",
-           "blocks_per_sm", "packed_slots")
+           "blocks_per_sm", "packed_slots", "hw_half")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ def kernel_for(module: Module, key: str, caps: Capabilities, name: str = "update
                            vector_body=rendered.vector_many and dtype in caps.vector_dtypes,
                            chunk_elems=caps.chunk_elems, block_threads=caps.block_threads,
                            max_threads=caps.threads, unroll=built.unroll, blocks_per_sm=caps.blocks_per_sm,
+                           hw_half=built.hw_half,
                            vec_elems=caps.vector_elems(itemsize),
                            launch_param_bytes=ffi.launch_param_bytes(len(rendered.roles), caps.tensors_per_call))
     return NativeKernel(rendered, ctx, ffi.render(ctx, caps.platform))

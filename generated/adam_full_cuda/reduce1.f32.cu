@@ -124,6 +124,13 @@ inline xla::ffi::Error to_error(const Status& status) {
 #ifndef ADAMGEN_HD
 #define ADAMGEN_HD __host__ __device__ __forceinline__
 #endif
+// 1: float16/bfloat16 conversions by the CUDA half headers (cvt instructions on the GPU; their
+// software form in host code), 0: the bit-level conversions below.
+#define ADAMGEN_HW_HALF 0
+#if ADAMGEN_HW_HALF
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
 
 namespace adamgen_kernel {
 
@@ -144,6 +151,26 @@ ADAMGEN_HD float adamgen_float(std::uint32_t u) {
 ADAMGEN_HD float adamgen_load(float v) { return v; }
 ADAMGEN_HD void adamgen_store(float& dst, float v) { dst = v; }
 
+#if ADAMGEN_HW_HALF
+// Round to nearest even, NaN stays NaN (its payload is the conversion's): the bit-level form's
+// numbers for every non-NaN value.
+ADAMGEN_HD float adamgen_load(adamgen_bf16 v) {
+  __nv_bfloat16_raw raw;
+  raw.x = v.bits;
+  return __bfloat162float(__nv_bfloat16(raw));
+}
+ADAMGEN_HD void adamgen_store(adamgen_bf16& dst, float f) {
+  dst.bits = __nv_bfloat16_raw(__float2bfloat16_rn(f)).x;
+}
+ADAMGEN_HD float adamgen_load(adamgen_f16 v) {
+  __half_raw raw;
+  raw.x = v.bits;
+  return __half2float(__half(raw));
+}
+ADAMGEN_HD void adamgen_store(adamgen_f16& dst, float f) { dst.bits = __half_raw(__float2half_rn(f)).x; }
+ADAMGEN_HD float adamgen_round_f16(float f) { return __half2float(__float2half_rn(f)); }
+ADAMGEN_HD float adamgen_round_bf16(float f) { return __bfloat162float(__float2bfloat16_rn(f)); }
+#else
 ADAMGEN_HD float adamgen_load(adamgen_bf16 v) {
   const std::uint32_t u = static_cast<std::uint32_t>(v.bits) << 16;
   float f;
@@ -213,6 +240,7 @@ ADAMGEN_HD float adamgen_round_bf16(float f) {
   const std::uint32_t up = u + 0x7fffu + ((u >> 16) & 1u);                       // to even
   return adamgen_float(adamgen_pick(f != f, u | 0x00400000u, up) & 0xffff0000u);  // NaN: quiet
 }
+#endif  // ADAMGEN_HW_HALF
 // A uniform value where a varying one of type V is needed (a ?: arm, a max operand); on one
 // element, the value itself (the host's vector header adds the broadcast to its vectors).
 template <typename V>

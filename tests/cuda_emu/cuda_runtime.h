@@ -13,6 +13,21 @@
 #include <thread>
 #include <vector>
 
+// A kernel built with hw_half includes the CUDA half headers (their host forms convert in
+// software, to the same bits): the test defines ADAMGEN_EMU_CUDA_HEADERS and puts them on the
+// include path. They come first, bringing CUDA's own dim3; their location macros are then
+// replaced by this file's.
+#ifdef ADAMGEN_EMU_CUDA_HEADERS
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#undef __host__
+#undef __device__
+#undef __global__
+#undef __forceinline__
+#undef __launch_bounds__
+#undef __grid_constant__
+#undef __shared__
+#endif
 #define __host__
 #define __device__
 #define __global__
@@ -21,9 +36,11 @@
 #define __grid_constant__
 #define __shared__ static
 
+#ifndef ADAMGEN_EMU_CUDA_HEADERS
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
+#endif
 inline thread_local dim3 threadIdx, blockIdx, gridDim, blockDim;
 inline thread_local std::barrier<>* adamgen_emu_barrier = nullptr;
 
@@ -69,13 +86,15 @@ inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
   return old;
 }
 
+#ifndef ADAMGEN_EMU_CUDA_HEADERS  // else CUDA's own (driver_types.h, through the half headers)
 using cudaStream_t = void*;
 enum cudaError_t { cudaSuccess = 0 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+#endif
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
 // The device: kEmuMultiprocessors "SMs" (what a kernel's blocks_per_sm grid cap multiplies).
 inline constexpr int kEmuMultiprocessors = 2;
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
 inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
