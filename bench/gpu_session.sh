@@ -5,7 +5,8 @@
 # tool's folder) or ./gpu-out.
 #   bash bench/gpu_session.sh [tests|bench|tune|all] [extra bench_gpu.py arguments]
 # tune: `adamgen tune --target cuda` (the coordinate descent over the CUDA knobs) for the plain and
-# full variants, the cache written to $OUT/tune.json.
+# full variants and float16/bfloat16 plain (there it also times hw_half), the cache written to
+# $OUT/tune.json.
 set -uo pipefail
 stage=${1:-all}
 [ $# -gt 0 ] && shift
@@ -31,7 +32,8 @@ if [ "$stage" = bench ] || [ "$stage" = all ]; then
   python3 bench/bench_gpu.py --out "$out/gpu_bench.md" "$@" 2>&1 | tee "$out/gpu_bench.log"
 fi
 if [ "$stage" = tune ] || [ "$stage" = all ]; then
-  for flags in "" "--global-clipnorm 1.0 --weight-decay 0.004 --amsgrad --use-ema"; do
+  # float16 last: its search also times hw_half (cvt instructions vs the bit-level conversions)
+  for flags in "" "--global-clipnorm 1.0 --weight-decay 0.004 --amsgrad --use-ema" "--dtype f16" "--dtype bf16"; do
     # shellcheck disable=SC2086
     python3 -m adamgen tune $flags --target cuda --params 124000000 --cache "$out/tune.json" 2>&1 | tee -a "$out/tune.log"
   done
