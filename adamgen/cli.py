@@ -310,9 +310,8 @@ def _bench(bench_args: list[str]) -> int:
 
 
 def _tune(spec, args: argparse.Namespace) -> int:
-    from adamgen.tune import tune
-
     from adamgen.toolchain import ToolchainError
+    from adamgen.tune import tune
 
     try:
         result = tune(spec, args.target, args.dtype, args.params, cache_file=args.cache)

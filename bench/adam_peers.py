@@ -228,7 +228,7 @@ class Adamgen(Peer):
 
 
 class AdamgenInJit(Adamgen):
-    """adamgen's `apply` traced into the caller's jit (IN_JIT_STEPS steps a call, see in_jit)."""
+    """adamgen's `apply` traced into the caller's jit (in_jit_steps(tensors) steps a call, see in_jit)."""
 
     def __init__(self, wl: Workload, variant: str, target: str) -> None:
         super().__init__(wl, variant, target, flat=False)

@@ -32,7 +32,7 @@ if [ "$stage" = bench ] || [ "$stage" = all ]; then
   python3 bench/bench_gpu.py --out "$out/gpu_bench.md" "$@" 2>&1 | tee "$out/gpu_bench.log"
 fi
 if [ "$stage" = tune ] || [ "$stage" = all ]; then
-  # float16 last: its search also times hw_half (cvt instructions vs the bit-level conversions)
+  # float16 and bfloat16 last: their search also times hw_half (cvt instructions vs the bit-level form)
   for flags in "" "--global-clipnorm 1.0 --weight-decay 0.004 --amsgrad --use-ema" "--dtype f16" "--dtype bf16"; do
     # shellcheck disable=SC2086
     python3 -m adamgen tune $flags --target cuda --params 124000000 --cache "$out/tune.json" 2>&1 | tee -a "$out/tune.log"

@@ -313,13 +313,12 @@ def test_cuda_tuning_knobs_match_oracle_on_gpu(knobs):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU; runs on a lent H100/H200 (device tool)")
-@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+@pytest.mark.parametrize("dtype", [np.dtype(np.float16), np.dtype(jnp.bfloat16)], ids=str)
 def test_cuda_hardware_half_conversions_give_the_bit_level_forms_bits_on_gpu(dtype):
     """hw_half=1 (cvt instructions) and the bit-level form: the same params and slots to the bit
     on the device, under the full variant (norm, AMSGrad, EMA, accumulation, loss scale)."""
     from adamgen.backends.native import native_optimizer
 
-    dtype = np.dtype(jnp.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
     spec = adamgen.AdamSpec(**SPECS["full"])
     rng = np.random.default_rng(6)
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES + [(70001,)]]
